@@ -1,0 +1,54 @@
+"""Canonical JSON bytes (RFC 8785, JCS): what every signature and content hash covers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import rfc8785
+
+from .errors import ParseError
+
+JsonValue = Any  # JSON values are dynamically shaped; records validate them on parse.
+
+
+def canonical_bytes(value: JsonValue, *, source: str = "document") -> bytes:
+    """JCS bytes of an in-memory JSON value."""
+    try:
+        return rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError as exc:
+        raise ParseError(source, "", f"cannot canonicalize ({exc})") from exc
+
+
+def load_json(raw: bytes, *, source: str = "document") -> JsonValue:
+    """Parse UTF-8 JSON bytes; duplicate keys and non-finite numbers are refused."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParseError(source, "", f"not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, val in pairs:
+            if key in out:
+                raise ParseError(source, key, "duplicate key")
+            out[key] = val
+        return out
+
+    def no_constant(name: str) -> Any:
+        raise ParseError(source, "", f"non-finite number {name}")
+
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
+    except json.JSONDecodeError as exc:
+        raise ParseError(source, "", f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+
+
+def canonicalize(raw: bytes, *, source: str = "document") -> bytes:
+    """JCS bytes of received JSON bytes."""
+    return canonical_bytes(load_json(raw, source=source), source=source)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
