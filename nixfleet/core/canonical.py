@@ -42,7 +42,9 @@ def load_json(raw: bytes, *, source: str = "document") -> JsonValue:
     try:
         return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
     except json.JSONDecodeError as exc:
-        raise ParseError(source, "", f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
+        raise ParseError(
+            source, "", f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from exc
 
 
 def canonicalize(raw: bytes, *, source: str = "document") -> bytes:

@@ -40,14 +40,12 @@ def parse_store_path(text: str, *, source: str = "closure", field: str = "") -> 
     candidate = text
     prefix = STORE_DIR + "/"
     if candidate.startswith(prefix):
-        candidate = candidate[len(prefix):].split("/", 1)[0]
+        candidate = candidate[len(prefix) :].split("/", 1)[0]
     elif "/" in candidate:
         raise ParseError(source, field, f"not a store path or basename: {text!r}")
     m = _BASENAME.match(candidate)
     if m is None:
-        raise ParseError(
-            source, field, f"not a store basename <32-char nix hash>-<name>: {text!r}"
-        )
+        raise ParseError(source, field, f"not a store basename <32-char nix hash>-<name>: {text!r}")
     return StorePath(hash=m.group(1), name=m.group(2))
 
 

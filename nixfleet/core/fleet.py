@@ -233,7 +233,9 @@ def _parse_policy(r: Reader) -> RolloutPolicy:
     return RolloutPolicy(
         strategy=r.str("strategy"),
         waves=tuple(
-            PolicyWave(selector=parse_selector(w.sub("selector")), soak_minutes=w.int("soakMinutes"))
+            PolicyWave(
+                selector=parse_selector(w.sub("selector")), soak_minutes=w.int("soakMinutes")
+            )
             for w in r.list_of("waves")
         ),
         health_gate=dict(r.sub("healthGate").obj) if r.has("healthGate") else {},
@@ -244,11 +246,16 @@ def _parse_policy(r: Reader) -> RolloutPolicy:
 def _parse_edge(r: Reader, *, channel: bool) -> Edge:
     if channel and not r.has("gated") and r.has("before") and r.has("after"):
         return Edge(
-            gated=r.str("after"), gates=r.str("before"), reason=r.opt_str("reason"),
-            legacy=True, absent=_absent(r, "reason"),
+            gated=r.str("after"),
+            gates=r.str("before"),
+            reason=r.opt_str("reason"),
+            legacy=True,
+            absent=_absent(r, "reason"),
         )
     return Edge(
-        gated=r.str("gated"), gates=r.str("gates"), reason=r.opt_str("reason"),
+        gated=r.str("gated"),
+        gates=r.str("gates"),
+        reason=r.opt_str("reason"),
         absent=_absent(r, "reason"),
     )
 
@@ -275,20 +282,23 @@ def parse_meta(r: Reader) -> Meta:
 def parse_fleet(value: Any, *, source: str = "fleet.resolved.json") -> Fleet:
     """Validate a parsed fleet document; errors name the source and the field."""
     r = Reader.root(value, source)
-    waves: dict[str, tuple[Wave, ...]] = {}
     waves_r = r.sub("waves")
-    for ch, entries in waves_r.obj.items():
-        wave_list = []
-        for w in Reader(source, "waves", waves_r.obj).list_of(ch):
-            wave_list.append(Wave(hosts=w.str_list("hosts"), soak_minutes=w.int("soakMinutes")))
-        waves[ch] = tuple(wave_list)
+    waves = {
+        ch: tuple(
+            Wave(hosts=w.str_list("hosts"), soak_minutes=w.int("soakMinutes"))
+            for w in waves_r.list_of(ch)
+        )
+        for ch in waves_r.obj
+    }
     return Fleet(
         schema_version=r.int("schemaVersion"),
         hosts={name: _parse_host(h) for name, h in r.items("hosts")},
         channels={name: _parse_channel(c) for name, c in r.items("channels")},
         waves=waves,
         meta=parse_meta(r.sub("meta")),
-        rollout_policies={n: _parse_policy(p) for n, p in r.items("rolloutPolicies", optional=True)},
+        rollout_policies={
+            n: _parse_policy(p) for n, p in r.items("rolloutPolicies", optional=True)
+        },
         edges=tuple(_parse_edge(e, channel=False) for e in r.list_of("edges", optional=True)),
         channel_edges=tuple(
             _parse_edge(e, channel=True) for e in r.list_of("channelEdges", optional=True)
@@ -366,7 +376,10 @@ def dump_fleet(f: Fleet) -> dict[str, Any]:
                 "reconcileIntervalMinutes": c.reconcile_interval_minutes,
                 "freshnessWindow": c.freshness_window,
                 "signingIntervalMinutes": c.signing_interval_minutes,
-                "compliance": {"frameworks": list(c.compliance.frameworks), "mode": c.compliance.mode},
+                "compliance": {
+                    "frameworks": list(c.compliance.frameworks),
+                    "mode": c.compliance.mode,
+                },
             }
             for n, c in f.channels.items()
         },
@@ -380,7 +393,8 @@ def dump_fleet(f: Fleet) -> dict[str, Any]:
         n: {
             "strategy": p.strategy,
             "waves": [
-                {"selector": dump_selector(w.selector), "soakMinutes": w.soak_minutes} for w in p.waves
+                {"selector": dump_selector(w.selector), "soakMinutes": w.soak_minutes}
+                for w in p.waves
             ],
             "healthGate": dict(p.health_gate),
             "onHealthFailure": p.on_health_failure,

@@ -7,6 +7,7 @@ and a dotted field path, so every error points at one field:
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,33 +39,39 @@ def _type_name(value: object) -> str:
 class Reader:
     """A JSON object under `path` inside `source`."""
 
-    source: str
-    path: str
-    obj: Mapping[str, Any]
+    source: builtins.str
+    path: builtins.str
+    obj: Mapping[builtins.str, Any]
 
     @classmethod
-    def root(cls, value: Any, source: str) -> Reader:
+    def root(cls, value: Any, source: builtins.str) -> Reader:
         if not isinstance(value, dict):
             raise ParseError(source, "", f"expected a JSON object, got {_type_name(value)}")
         return cls(source, "", value)
 
-    def field(self, key: str) -> str:
+    def field(self, key: builtins.str) -> builtins.str:
         return f"{self.path}.{key}" if self.path else key
 
-    def fail(self, key: str, problem: str) -> ParseError:
+    def fail(self, key: builtins.str, problem: builtins.str) -> ParseError:
         return ParseError(self.source, self.field(key), problem)
 
-    def has(self, key: str) -> bool:
+    def has(self, key: builtins.str) -> builtins.bool:
         return key in self.obj
 
-    def raw(self, key: str, default: Any = _MISSING) -> Any:
+    def raw(self, key: builtins.str, default: Any = _MISSING) -> Any:
         if key not in self.obj:
             if default is _MISSING:
                 raise self.fail(key, "missing")
             return default
         return self.obj[key]
 
-    def _typed(self, key: str, kind: type | tuple[type, ...], what: str, optional: bool) -> Any:
+    def _typed(
+        self,
+        key: builtins.str,
+        kind: type | tuple[type, ...],
+        what: builtins.str,
+        optional: builtins.bool,
+    ) -> Any:
         if key not in self.obj or (optional and self.obj[key] is None):
             if optional:
                 return None
@@ -76,50 +83,56 @@ class Reader:
             raise self.fail(key, f"expected {what}, got {_type_name(value)}")
         return value
 
-    def str(self, key: str) -> str:
-        value: str = self._typed(key, str, "a string", False)
+    def str(self, key: builtins.str) -> builtins.str:
+        value: builtins.str = self._typed(key, builtins.str, "a string", False)
         return value
 
-    def opt_str(self, key: str) -> str | None:
-        value: str | None = self._typed(key, str, "a string", True)
+    def opt_str(self, key: builtins.str) -> builtins.str | None:
+        value: builtins.str | None = self._typed(key, builtins.str, "a string", True)
         return value
 
-    def int(self, key: str) -> int:
-        value: int = self._typed(key, int, "an integer", False)
+    def int(self, key: builtins.str) -> builtins.int:
+        value: builtins.int = self._typed(key, builtins.int, "an integer", False)
         return value
 
-    def opt_int(self, key: str) -> int | None:
-        value: int | None = self._typed(key, int, "an integer", True)
+    def opt_int(self, key: builtins.str) -> builtins.int | None:
+        value: builtins.int | None = self._typed(key, builtins.int, "an integer", True)
         return value
 
-    def bool(self, key: str) -> bool:
-        value: bool = self._typed(key, bool, "a boolean", False)
+    def bool(self, key: builtins.str) -> builtins.bool:
+        value: builtins.bool = self._typed(key, builtins.bool, "a boolean", False)
         return value
 
-    def opt_bool(self, key: str) -> bool | None:
-        value: bool | None = self._typed(key, bool, "a boolean", True)
+    def opt_bool(self, key: builtins.str) -> builtins.bool | None:
+        value: builtins.bool | None = self._typed(key, builtins.bool, "a boolean", True)
         return value
 
-    def str_list(self, key: str, *, default: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    def str_list(
+        self, key: builtins.str, *, default: tuple[builtins.str, ...] | None = None
+    ) -> tuple[builtins.str, ...]:
         if key not in self.obj and default is not None:
             return default
         items = self._typed(key, list, "an array", False)
         for i, item in enumerate(items):
             if not isinstance(item, str):
                 raise ParseError(
-                    self.source, f"{self.field(key)}[{i}]", f"expected a string, got {_type_name(item)}"
+                    self.source,
+                    f"{self.field(key)}[{i}]",
+                    f"expected a string, got {_type_name(item)}",
                 )
         return tuple(items)
 
-    def sub(self, key: str) -> Reader:
+    def sub(self, key: builtins.str) -> Reader:
         value = self._typed(key, dict, "an object", False)
         return Reader(self.source, self.field(key), value)
 
-    def opt_sub(self, key: str) -> Reader | None:
+    def opt_sub(self, key: builtins.str) -> Reader | None:
         value = self._typed(key, dict, "an object", True)
         return None if value is None else Reader(self.source, self.field(key), value)
 
-    def items(self, key: str, *, optional: bool = False) -> list[tuple[str, Reader]]:
+    def items(
+        self, key: builtins.str, *, optional: builtins.bool = False
+    ) -> list[tuple[builtins.str, Reader]]:
         """The (name, object) entries of a map of objects."""
         value = self._typed(key, dict, "an object", optional)
         if value is None:
@@ -132,7 +145,7 @@ class Reader:
             out.append((name, Reader(self.source, where, entry)))
         return out
 
-    def list_of(self, key: str, *, optional: bool = False) -> list[Reader]:
+    def list_of(self, key: builtins.str, *, optional: builtins.bool = False) -> list[Reader]:
         """The entries of an array of objects."""
         value = self._typed(key, list, "an array", optional)
         if value is None:
@@ -145,7 +158,7 @@ class Reader:
             out.append(Reader(self.source, where, entry))
         return out
 
-    def one_of(self, key: str, allowed: tuple[str, ...]) -> str:
+    def one_of(self, key: builtins.str, allowed: tuple[builtins.str, ...]) -> builtins.str:
         value = self.str(key)
         if value not in allowed:
             raise self.fail(key, f"expected one of {', '.join(allowed)}, got {value!r}")

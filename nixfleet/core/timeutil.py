@@ -32,7 +32,13 @@ def parse_instant(text: str, *, source: str = "timestamp", field: str = "") -> d
     micros = int((frac or "0")[:6].ljust(6, "0"))
     try:
         dt = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second), micros,
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            micros,
             tzinfo=UTC,
         )
     except ValueError as exc:
@@ -58,4 +64,3 @@ def format_instant(dt: datetime) -> str:
 def format_sqlite(dt: datetime) -> str:
     """SQLite's own `datetime()` text form, for comparisons done in SQL."""
     return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-

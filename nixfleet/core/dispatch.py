@@ -1,0 +1,253 @@
+"""The CP's per-checkin decisions (lifecycle §4): what one checkin or confirm leads to.
+
+The CP service loads rows, calls these functions and writes what they say in one
+transaction; the simulator drives the same service. Inputs are plain records so the
+decisions stay pure: the gate verdict is computed by `gates.py` and passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .deadline import deadline_passed
+from .fleet import ROLLBACK_AND_HALT
+
+DEFAULT_CONFIRM_WINDOW = timedelta(seconds=360)
+
+# Op-row (`pending_confirms.state`) literals.
+PENDING = "pending"
+CONFIRMED = "confirmed"
+ROLLED_BACK = "rolled-back"
+CANCELLED = "cancelled"
+DEFERRED = "deferred-pending-reboot"
+OP_STATES = (PENDING, CONFIRMED, ROLLED_BACK, CANCELLED, DEFERRED)
+
+FETCH_FAILURES = ("verify-failed", "fetch-failed")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpRow:
+    """The host's newest `pending_confirms` row: its current dispatch."""
+
+    rollout_id: str
+    target_closure_hash: str
+    state: str
+    confirm_deadline: datetime
+    wave: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchOutcome:
+    result: str
+    rollout_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckinFacts:
+    """What the checkin says about the host (already CN-checked)."""
+
+    hostname: str
+    current_closure: str
+    """Full store basename of the running system."""
+    last_fetch_outcome: FetchOutcome | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostPlan:
+    """What the verified fleet and the rollout tables say about this host."""
+
+    declared: bool
+    """The host is in the verified fleet."""
+    closure_hash: str | None
+    """Declared closure: full store basename."""
+    rollout_id: str | None
+    """Rollout id projected for the host's channel, None when not projectable."""
+    wave_index: int | None
+    current_wave: int = 0
+    rollout_halted: bool = False
+    participation: str | None = None
+    """host_rollout_state.host_state for (rollout_id, host), None when no row."""
+
+
+# --- decisions ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NoTarget:
+    """No target in the reply. `reason` is logged; `record_converged` asks the CP to
+    write the converged-at-dispatch rows (H10)."""
+
+    reason: str
+    record_converged: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dispatch:
+    """Write a new `pending` row and send the target (H1)."""
+
+    rollout_id: str
+    closure_hash: str
+    wave_index: int | None
+    confirm_deadline: datetime
+
+
+CheckinDecision = NoTarget | Dispatch
+
+UNMANAGED = "unmanaged"
+NO_DECLARATION = "no-declaration"
+CONVERGED = "converged"
+IN_FLIGHT = "in-flight"
+HOLD_AFTER_FAILURE = "hold-after-failure"
+WAVE_NOT_REACHED = "wave-not-reached"
+ROLLOUT_HALTED = "rollout-halted"
+DEFERRED_NO_REISSUE = "deferred-pending-reboot"
+
+
+def decide_checkin(
+    facts: CheckinFacts,
+    plan: HostPlan,
+    op_row: OpRow | None,
+    gate_block: str | None,
+    now: datetime,
+    confirm_window: timedelta = DEFAULT_CONFIRM_WINDOW,
+) -> CheckinDecision:
+    """The dispatch ladder of lifecycle §4.3, after the gate pre-check of §4.2."""
+    if not plan.declared:
+        return NoTarget(reason=UNMANAGED)
+    if gate_block is not None:
+        return NoTarget(reason=f"held by fleet-level gate: {gate_block}")
+    if plan.closure_hash is None:
+        return NoTarget(reason=NO_DECLARATION)
+    if facts.current_closure == plan.closure_hash:
+        return NoTarget(reason=CONVERGED, record_converged=plan.participation is None)
+    if op_row is not None and op_row.state == PENDING:
+        return NoTarget(reason=IN_FLIGHT)
+    if plan.rollout_id is None:
+        return NoTarget(reason=NO_DECLARATION)
+    if plan.rollout_halted:
+        return NoTarget(reason=ROLLOUT_HALTED)
+    outcome = facts.last_fetch_outcome
+    if (
+        outcome is not None
+        and outcome.result in FETCH_FAILURES
+        and outcome.rollout_id in (None, plan.rollout_id)
+    ):
+        return NoTarget(reason=HOLD_AFTER_FAILURE)
+    if (plan.wave_index or 0) > plan.current_wave:
+        return NoTarget(reason=WAVE_NOT_REACHED)
+    if (
+        op_row is not None
+        and op_row.state == DEFERRED
+        and op_row.target_closure_hash == plan.closure_hash
+    ):
+        return NoTarget(reason=DEFERRED_NO_REISSUE)
+    return Dispatch(
+        rollout_id=plan.rollout_id,
+        closure_hash=plan.closure_hash,
+        wave_index=plan.wave_index,
+        confirm_deadline=now + confirm_window,
+    )
+
+
+def revives_lost_confirm(facts: CheckinFacts, plan: HostPlan, op_row: OpRow | None) -> bool:
+    """H6: a `pending`/`rolled-back` row whose host now runs the declared closure
+    under the current rollout is confirmed after all (the reply was lost)."""
+    return (
+        op_row is not None
+        and op_row.state in (PENDING, ROLLED_BACK)
+        and plan.closure_hash is not None
+        and facts.current_closure == plan.closure_hash
+        and plan.rollout_id == op_row.rollout_id
+    )
+
+
+def resets_soak(facts: CheckinFacts, op_row: OpRow | None, healthy: bool) -> bool:
+    """H14: a confirmed, Healthy host reporting another closure restarts its soak."""
+    return (
+        healthy
+        and op_row is not None
+        and op_row.state == CONFIRMED
+        and op_row.target_closure_hash != facts.current_closure
+    )
+
+
+# --- confirm --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfirmFacts:
+    hostname: str
+    rollout_id: str
+    closure_hash: str
+    wave: int = 0
+
+
+CONFIRM_ACCEPT = "accept"
+"""H2: the matching row is confirmed → 204."""
+CONFIRM_ORPHAN = "orphan-recovered"
+"""H3: no matching row, but the confirm matches the verified fleet → 204."""
+CONFIRM_REJECT = "reject"
+"""H4: → 410, the agent rolls back."""
+
+
+def decide_confirm(confirm: ConfirmFacts, row: OpRow | None, plan: HostPlan, now: datetime) -> str:
+    """Confirm guard (H2), then orphan recovery (§4.5), else 410 (H4).
+
+    `row` is the host's row for `confirm.rollout_id` (None when there is none).
+    """
+    if row is not None and (
+        (row.state == PENDING and not deadline_passed(row.confirm_deadline, now))
+        or row.state == DEFERRED
+    ):
+        return CONFIRM_ACCEPT
+    if (
+        plan.closure_hash is not None
+        and plan.closure_hash == confirm.closure_hash
+        and plan.rollout_id == confirm.rollout_id
+    ):
+        return CONFIRM_ORPHAN
+    return CONFIRM_REJECT
+
+
+# --- attestation and rollback signal ---------------------------------------------
+
+
+def accepts_attestation(
+    facts: CheckinFacts, plan: HostPlan, last_confirmed_at: datetime | None, signature_ok: bool
+) -> bool:
+    """H15 (§4.6): a signed `lastConfirmedAt` for the declared closure restores
+    Healthy after a CP wipe, when no participation row exists yet."""
+    return (
+        last_confirmed_at is not None
+        and signature_ok
+        and plan.closure_hash is not None
+        and facts.current_closure == plan.closure_hash
+        and plan.rollout_id is not None
+        and plan.participation is None
+    )
+
+
+def healthy_since(last_confirmed_at: datetime, now: datetime) -> datetime:
+    """An attested instant is clamped to now: a host cannot claim a future soak."""
+    return min(now, last_confirmed_at)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RollbackSignal:
+    rollout: str
+    target_ref: str
+    reason: str
+
+
+def rollback_signal(
+    hostname: str, rollout_id: str, target_ref: str, participation: str | None, policy: str | None
+) -> RollbackSignal | None:
+    """H12: tell a Failed host to roll back while its policy is rollback-and-halt."""
+    if participation != "Failed" or policy != ROLLBACK_AND_HALT:
+        return None
+    return RollbackSignal(
+        rollout=rollout_id,
+        target_ref=target_ref,
+        reason=f"policy: rollback-and-halt; host {hostname} is Failed",
+    )

@@ -1,0 +1,217 @@
+"""The CP's per-checkin ladder, confirm guard, orphan recovery and attestation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from nixfleet.core import dispatch as d
+
+NOW = datetime(2026, 4, 24, 10, 0, tzinfo=UTC)
+DECLARED = "0" * 32 + "-nixos-system-h1-26.05"
+OLD = "1" * 32 + "-nixos-system-h1-26.04"
+RID = "a" * 64
+
+FACTS = d.CheckinFacts(hostname="h1", current_closure=OLD)
+PLAN = d.HostPlan(declared=True, closure_hash=DECLARED, rollout_id=RID, wave_index=0)
+
+
+def row(
+    state: str,
+    *,
+    deadline: datetime = NOW + timedelta(seconds=60),
+    rid: str = RID,
+    closure: str = DECLARED,
+) -> d.OpRow:
+    return d.OpRow(
+        rollout_id=rid, target_closure_hash=closure, state=state, confirm_deadline=deadline
+    )
+
+
+@pytest.mark.parametrize(
+    ("facts", "plan", "op", "gate", "expected"),
+    [
+        (FACTS, replace(PLAN, declared=False), None, None, d.NoTarget(reason=d.UNMANAGED)),
+        (
+            FACTS,
+            PLAN,
+            None,
+            "quarantine: x",
+            d.NoTarget(reason="held by fleet-level gate: quarantine: x"),
+        ),
+        (FACTS, replace(PLAN, closure_hash=None), None, None, d.NoTarget(reason=d.NO_DECLARATION)),
+        (
+            replace(FACTS, current_closure=DECLARED),
+            PLAN,
+            None,
+            None,
+            d.NoTarget(reason=d.CONVERGED, record_converged=True),
+        ),
+        (
+            replace(FACTS, current_closure=DECLARED),
+            replace(PLAN, participation="Healthy"),
+            None,
+            None,
+            d.NoTarget(reason=d.CONVERGED, record_converged=False),
+        ),
+        (FACTS, PLAN, row(d.PENDING), None, d.NoTarget(reason=d.IN_FLIGHT)),
+        (FACTS, replace(PLAN, rollout_id=None), None, None, d.NoTarget(reason=d.NO_DECLARATION)),
+        (
+            FACTS,
+            replace(PLAN, rollout_halted=True),
+            None,
+            None,
+            d.NoTarget(reason=d.ROLLOUT_HALTED),
+        ),
+        (
+            replace(FACTS, last_fetch_outcome=d.FetchOutcome(result="fetch-failed")),
+            PLAN,
+            None,
+            None,
+            d.NoTarget(reason=d.HOLD_AFTER_FAILURE),
+        ),
+        (
+            replace(
+                FACTS, last_fetch_outcome=d.FetchOutcome(result="verify-failed", rollout_id=RID)
+            ),
+            PLAN,
+            None,
+            None,
+            d.NoTarget(reason=d.HOLD_AFTER_FAILURE),
+        ),
+        (
+            FACTS,
+            replace(PLAN, wave_index=2, current_wave=1),
+            None,
+            None,
+            d.NoTarget(reason=d.WAVE_NOT_REACHED),
+        ),
+        (FACTS, PLAN, row(d.DEFERRED), None, d.NoTarget(reason=d.DEFERRED_NO_REISSUE)),
+    ],
+    ids=[
+        "unmanaged",
+        "gate",
+        "no-declaration",
+        "converged-at-dispatch",
+        "converged-known",
+        "in-flight",
+        "not-projectable",
+        "halted",
+        "hold-fetch-failed",
+        "hold-verify-failed",
+        "wave-not-reached",
+        "deferred-same-closure",
+    ],
+)
+def test_ladder_holds(
+    facts: d.CheckinFacts,
+    plan: d.HostPlan,
+    op: d.OpRow | None,
+    gate: str | None,
+    expected: d.NoTarget,
+) -> None:
+    assert d.decide_checkin(facts, plan, op, gate, NOW) == expected
+
+
+def test_dispatch_sets_deadline_from_window() -> None:
+    assert d.decide_checkin(FACTS, PLAN, None, None, NOW) == d.Dispatch(
+        rollout_id=RID,
+        closure_hash=DECLARED,
+        wave_index=0,
+        confirm_deadline=NOW + timedelta(seconds=360),
+    )
+
+
+@pytest.mark.parametrize("state", [d.CONFIRMED, d.ROLLED_BACK, d.CANCELLED])
+def test_finished_rows_do_not_block_a_new_dispatch(state: str) -> None:
+    assert isinstance(d.decide_checkin(FACTS, PLAN, row(state, closure=OLD), None, NOW), d.Dispatch)
+
+
+def test_fetch_failure_for_another_rollout_does_not_hold() -> None:
+    facts = replace(
+        FACTS, last_fetch_outcome=d.FetchOutcome(result="fetch-failed", rollout_id="b" * 64)
+    )
+    assert isinstance(d.decide_checkin(facts, PLAN, None, None, NOW), d.Dispatch)
+
+
+def test_deferred_row_for_another_closure_falls_through() -> None:
+    assert isinstance(
+        d.decide_checkin(FACTS, PLAN, row(d.DEFERRED, closure=OLD), None, NOW), d.Dispatch
+    )
+
+
+def test_ghost_loop_truncated_report_would_dispatch_every_time() -> None:
+    """A report cut to the 32-char hash never equals the declared basename."""
+    truncated = replace(FACTS, current_closure=DECLARED.split("-", 1)[0])
+    assert isinstance(d.decide_checkin(truncated, PLAN, None, None, NOW), d.Dispatch)
+    full = replace(FACTS, current_closure=DECLARED)
+    for _ in range(5):
+        assert isinstance(d.decide_checkin(full, PLAN, None, None, NOW), d.NoTarget)
+
+
+CONFIRM = d.ConfirmFacts(hostname="h1", rollout_id=RID, closure_hash=DECLARED)
+
+
+@pytest.mark.parametrize(
+    ("op", "plan", "expected"),
+    [
+        (row(d.PENDING), PLAN, d.CONFIRM_ACCEPT),
+        (row(d.DEFERRED, deadline=NOW - timedelta(hours=1)), PLAN, d.CONFIRM_ACCEPT),
+        (row(d.PENDING, deadline=NOW), replace(PLAN, closure_hash=OLD), d.CONFIRM_REJECT),
+        (row(d.PENDING, deadline=NOW - timedelta(seconds=1)), PLAN, d.CONFIRM_ORPHAN),
+        (None, PLAN, d.CONFIRM_ORPHAN),
+        (None, replace(PLAN, rollout_id="b" * 64), d.CONFIRM_REJECT),
+        (None, replace(PLAN, closure_hash=OLD), d.CONFIRM_REJECT),
+        (row(d.ROLLED_BACK), replace(PLAN, closure_hash=None), d.CONFIRM_REJECT),
+    ],
+    ids=[
+        "pending-in-time",
+        "deferred",
+        "at-deadline-rejected",
+        "late-but-orphan-matches",
+        "no-row-orphan",
+        "other-rollout-410",
+        "other-closure-410",
+        "rolled-back-410",
+    ],
+)
+def test_confirm(op: d.OpRow | None, plan: d.HostPlan, expected: str) -> None:
+    assert d.decide_confirm(CONFIRM, op, plan, NOW) == expected
+
+
+def test_revive_lost_confirm() -> None:
+    on_target = replace(FACTS, current_closure=DECLARED)
+    assert d.revives_lost_confirm(on_target, PLAN, row(d.PENDING))
+    assert d.revives_lost_confirm(on_target, PLAN, row(d.ROLLED_BACK))
+    assert not d.revives_lost_confirm(on_target, PLAN, row(d.CONFIRMED))
+    assert not d.revives_lost_confirm(FACTS, PLAN, row(d.PENDING))
+    assert not d.revives_lost_confirm(on_target, PLAN, row(d.PENDING, rid="b" * 64))
+
+
+def test_soak_resets_when_host_leaves_its_confirmed_closure() -> None:
+    assert d.resets_soak(FACTS, row(d.CONFIRMED), healthy=True)
+    assert not d.resets_soak(replace(FACTS, current_closure=DECLARED), row(d.CONFIRMED), True)
+    assert not d.resets_soak(FACTS, row(d.CONFIRMED), healthy=False)
+
+
+def test_attestation() -> None:
+    on_target = replace(FACTS, current_closure=DECLARED)
+    at = NOW - timedelta(minutes=30)
+    assert d.accepts_attestation(on_target, PLAN, at, signature_ok=True)
+    assert not d.accepts_attestation(on_target, PLAN, at, signature_ok=False)
+    assert not d.accepts_attestation(FACTS, PLAN, at, signature_ok=True)
+    assert not d.accepts_attestation(on_target, replace(PLAN, participation="Healthy"), at, True)
+    assert not d.accepts_attestation(on_target, PLAN, None, True)
+    assert d.healthy_since(at, NOW) == at
+    assert d.healthy_since(NOW + timedelta(days=1), NOW) == NOW
+
+
+def test_rollback_signal_only_for_failed_under_rollback_and_halt() -> None:
+    sig = d.rollback_signal("h1", RID, RID, "Failed", "rollback-and-halt")
+    assert sig == d.RollbackSignal(
+        rollout=RID, target_ref=RID, reason="policy: rollback-and-halt; host h1 is Failed"
+    )
+    assert d.rollback_signal("h1", RID, RID, "Failed", "halt") is None
+    assert d.rollback_signal("h1", RID, RID, "Reverted", "rollback-and-halt") is None
