@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from .deadline import deadline_passed
 from .fleet import ROLLBACK_AND_HALT
+from .wire import FETCH_FAILED, FETCH_VERIFY_FAILED, FetchOutcome, RollbackSignal
 
 DEFAULT_CONFIRM_WINDOW = timedelta(seconds=360)
 
@@ -23,7 +24,7 @@ CANCELLED = "cancelled"
 DEFERRED = "deferred-pending-reboot"
 OP_STATES = (PENDING, CONFIRMED, ROLLED_BACK, CANCELLED, DEFERRED)
 
-FETCH_FAILURES = ("verify-failed", "fetch-failed")
+FETCH_FAILURES = (FETCH_VERIFY_FAILED, FETCH_FAILED)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,12 +36,6 @@ class OpRow:
     state: str
     confirm_deadline: datetime
     wave: int = 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FetchOutcome:
-    result: str
-    rollout_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -231,13 +226,6 @@ def accepts_attestation(
 def healthy_since(last_confirmed_at: datetime, now: datetime) -> datetime:
     """An attested instant is clamped to now: a host cannot claim a future soak."""
     return min(now, last_confirmed_at)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RollbackSignal:
-    rollout: str
-    target_ref: str
-    reason: str
 
 
 def rollback_signal(

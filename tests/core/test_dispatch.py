@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from nixfleet.core import dispatch as d
+from nixfleet.core.wire import FetchOutcome, RollbackSignal
 
 NOW = datetime(2026, 4, 24, 10, 0, tzinfo=UTC)
 DECLARED = "0" * 32 + "-nixos-system-h1-26.05"
@@ -66,16 +67,14 @@ def row(
             d.NoTarget(reason=d.ROLLOUT_HALTED),
         ),
         (
-            replace(FACTS, last_fetch_outcome=d.FetchOutcome(result="fetch-failed")),
+            replace(FACTS, last_fetch_outcome=FetchOutcome(result="fetch-failed")),
             PLAN,
             None,
             None,
             d.NoTarget(reason=d.HOLD_AFTER_FAILURE),
         ),
         (
-            replace(
-                FACTS, last_fetch_outcome=d.FetchOutcome(result="verify-failed", rollout_id=RID)
-            ),
+            replace(FACTS, last_fetch_outcome=FetchOutcome(result="verify-failed", rollout_id=RID)),
             PLAN,
             None,
             None,
@@ -131,7 +130,7 @@ def test_finished_rows_do_not_block_a_new_dispatch(state: str) -> None:
 
 def test_fetch_failure_for_another_rollout_does_not_hold() -> None:
     facts = replace(
-        FACTS, last_fetch_outcome=d.FetchOutcome(result="fetch-failed", rollout_id="b" * 64)
+        FACTS, last_fetch_outcome=FetchOutcome(result="fetch-failed", rollout_id="b" * 64)
     )
     assert isinstance(d.decide_checkin(facts, PLAN, None, None, NOW), d.Dispatch)
 
@@ -210,7 +209,7 @@ def test_attestation() -> None:
 
 def test_rollback_signal_only_for_failed_under_rollback_and_halt() -> None:
     sig = d.rollback_signal("h1", RID, RID, "Failed", "rollback-and-halt")
-    assert sig == d.RollbackSignal(
+    assert sig == RollbackSignal(
         rollout=RID, target_ref=RID, reason="policy: rollback-and-halt; host h1 is Failed"
     )
     assert d.rollback_signal("h1", RID, RID, "Failed", "halt") is None
