@@ -51,13 +51,15 @@ def parse_instant(text: str, *, source: str = "timestamp", field: str = "") -> d
 
 
 def format_instant(dt: datetime) -> str:
-    """RFC 3339 with `Z` and the shortest lossless fraction (none for whole seconds)."""
+    """RFC 3339 with `Z` and the shortest lossless fraction: none, 3 or 6 digits."""
     if dt.tzinfo is None:
         raise ValueError("naive datetime")
     dt = dt.astimezone(UTC)
     base = dt.strftime("%Y-%m-%dT%H:%M:%S")
     if dt.microsecond:
-        base += "." + f"{dt.microsecond:06d}".rstrip("0")
+        # Fractions come in groups of 3 or 6 digits (protocol: .fff | .ffffff).
+        micros = dt.microsecond
+        base += f".{micros // 1000:03d}" if micros % 1000 == 0 else f".{micros:06d}"
     return base + "Z"
 
 

@@ -33,7 +33,8 @@ def test_fraction_truncated_to_micros_and_formatted_shortest() -> None:
     assert dt.microsecond == 123456
     assert format_instant(dt) == "2026-11-23T11:38:46.123456Z"
     assert format_instant(T) == "2026-11-23T11:38:46Z"
-    assert format_instant(T.replace(microsecond=500000)) == "2026-11-23T11:38:46.5Z"
+    assert format_instant(T.replace(microsecond=500000)) == "2026-11-23T11:38:46.500Z"
+    assert format_instant(T.replace(microsecond=120)) == "2026-11-23T11:38:46.000120Z"
     assert format_sqlite(T) == "2026-11-23 11:38:46"
 
 

@@ -1,0 +1,176 @@
+"""Releases for tests, the simulator and the sample job: keys, fleets, signed bytes.
+
+This is the CI side of the contract (protocol §2): it writes canonical bytes and a
+raw detached signature, exactly what the CP and the agents verify. Everything is
+deterministic given its inputs so simulated runs and tests are repeatable.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from nixfleet.core.canonical import canonical_bytes
+from nixfleet.core.closure import NIX_BASE32
+from nixfleet.core.hostkey import public_key_of
+from nixfleet.core.signing import PrivateKey, private_key_from_seed, public_key_json, sign
+from nixfleet.core.timeutil import format_instant
+
+
+def seeded_key(algorithm: str, label: str) -> PrivateKey:
+    """A key derived from a label: the same label gives the same key (tests, sims)."""
+    seed = hashlib.sha256(f"nixfleet-test-key:{algorithm}:{label}".encode()).digest()
+    return private_key_from_seed(algorithm, seed)
+
+
+def host_key(hostname: str) -> Ed25519PrivateKey:
+    key = seeded_key("ed25519", f"host:{hostname}")
+    assert isinstance(key, Ed25519PrivateKey)
+    return key
+
+
+def host_pubkey_line(hostname: str) -> str:
+    return public_key_of(host_key(hostname), comment=f"root@{hostname}").line()
+
+
+def fake_closure(hostname: str, generation: str | int) -> str:
+    """A store basename `<32 nix-base32 chars>-nixos-system-<host>-<gen>`."""
+    digest = hashlib.sha256(f"{hostname}/{generation}".encode()).digest()
+    chars = "".join(NIX_BASE32[b % 32] for b in digest[:32])
+    return f"{chars}-nixos-system-{hostname}-{generation}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostDecl:
+    channel: str = "stable"
+    closure: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelDecl:
+    policy: str = "p1"
+    waves: Sequence[Sequence[str]] = ()
+    soak_minutes: int = 0
+    freshness_window_minutes: int = 43200
+    compliance_mode: str = "permissive"
+
+
+@dataclass(slots=True)
+class ReleaseKit:
+    """The signing side of a fleet: a CI release key and the org root key."""
+
+    algorithm: str = "ed25519"
+    label: str = "fleet"
+    release_key: PrivateKey = field(init=False)
+    org_root_key: Ed25519PrivateKey = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.release_key = seeded_key(self.algorithm, f"{self.label}:release")
+        org = seeded_key("ed25519", f"{self.label}:org-root")
+        assert isinstance(org, Ed25519PrivateKey)
+        self.org_root_key = org
+
+    def trust(self, *, cache_keys: Iterable[str] = ()) -> dict[str, Any]:
+        return {
+            "schemaVersion": 1,
+            "ciReleaseKey": {"current": public_key_json(self.release_key)},
+            "cacheKeys": list(cache_keys),
+            "orgRootKey": {"current": public_key_json(self.org_root_key)},
+        }
+
+    def sign(self, doc: Mapping[str, Any]) -> tuple[bytes, bytes]:
+        """Canonical bytes and their raw signature, as CI publishes them."""
+        raw = canonical_bytes(doc)
+        return raw, sign(self.release_key, raw)
+
+
+def meta(signed_at: datetime, ci_commit: str) -> dict[str, Any]:
+    return {"schemaVersion": 1, "signedAt": format_instant(signed_at), "ciCommit": ci_commit}
+
+
+def fleet_doc(
+    hosts: Mapping[str, HostDecl],
+    *,
+    signed_at: datetime,
+    ci_commit: str,
+    channels: Mapping[str, ChannelDecl] | None = None,
+    on_health_failure: str = "rollback-and-halt",
+    disruption_budgets: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """A `fleet.resolved.json` document; channels default to one wave of all their hosts."""
+    chans = dict(channels or {})
+    for decl in hosts.values():
+        chans.setdefault(decl.channel, ChannelDecl())
+    waves = {
+        name: [
+            {"hosts": list(w), "soakMinutes": ch.soak_minutes}
+            for w in (ch.waves or [sorted(h for h, d in hosts.items() if d.channel == name)])
+        ]
+        for name, ch in chans.items()
+    }
+    policies = {
+        ch.policy: {
+            "strategy": "staged",
+            "waves": [],
+            "healthGate": {},
+            "onHealthFailure": on_health_failure,
+        }
+        for ch in chans.values()
+    }
+    return {
+        "schemaVersion": 1,
+        "hosts": {
+            name: {
+                "system": "x86_64-linux",
+                "tags": list(d.tags),
+                "channel": d.channel,
+                "closureHash": d.closure,
+                "pubkey": host_pubkey_line(name),
+            }
+            for name, d in sorted(hosts.items())
+        },
+        "channels": {
+            name: {
+                "rolloutPolicy": ch.policy,
+                "reconcileIntervalMinutes": 1,
+                "freshnessWindow": ch.freshness_window_minutes,
+                "signingIntervalMinutes": 60,
+                "compliance": {"frameworks": [], "mode": ch.compliance_mode},
+            }
+            for name, ch in chans.items()
+        },
+        "rolloutPolicies": policies,
+        "waves": waves,
+        "edges": [],
+        "channelEdges": [],
+        "disruptionBudgets": list(disruption_budgets),
+        "meta": meta(signed_at, ci_commit),
+    }
+
+
+def revocations_doc(
+    entries: Mapping[str, datetime], *, signed_at: datetime, ci_commit: str
+) -> dict[str, Any]:
+    return {
+        "schemaVersion": 1,
+        "revocations": [
+            {"hostname": h, "notBefore": format_instant(nb), "reason": "test", "revokedBy": "ci"}
+            for h, nb in sorted(entries.items())
+        ],
+        "meta": meta(signed_at, ci_commit),
+    }
+
+
+def ci_commit(n: int) -> str:
+    return hashlib.sha1(f"commit-{n}".encode()).hexdigest()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
