@@ -51,6 +51,8 @@ class HostDecl:
     channel: str = "stable"
     closure: str | None = None
     tags: tuple[str, ...] = ()
+    pubkey: str | None = None
+    """OpenSSH line of the host key; default: the seeded `host_key(name)`."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,7 +134,7 @@ def fleet_doc(
                 "tags": list(d.tags),
                 "channel": d.channel,
                 "closureHash": d.closure,
-                "pubkey": host_pubkey_line(name),
+                "pubkey": d.pubkey or host_pubkey_line(name),
             }
             for name, d in sorted(hosts.items())
         },

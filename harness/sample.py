@@ -81,11 +81,14 @@ def run(out: TextIO = sys.stdout) -> int:
     rid = snap.rollout_ids["stable"]
     out.write("# nixfleet sample fleet\n\n")
     out.write(f"release    ci_commit={snap.ci_commit} signed_at={snap.signed_at_text}\n")
-    out.write(f"signature  verified with the {verified.key.role} {verified.key.key.algorithm} key ({len(sig)} raw bytes)\n")
+    key = verified.key
+    out.write(
+        f"signature  verified with the {key.role} {key.key.algorithm} key ({len(sig)} raw bytes)\n"
+    )
     out.write(f"rollout    stable -> {rid}\n")
     out.write(f"hosts      {len(hosts)} in waves {[list(w) for w in WAVES]}\n")
     fleet = snap.fleet
-    wave0, wave1 = WAVES
+    wave0 = WAVES[0]
     _stage("new release: the CP opens a rollout", fleet, rid, {}, 0, out, rolled=False)
     _stage("wave 0 dispatches, wave 1 waits for promotion", fleet, rid, {}, 0, out)
     _stage(
@@ -110,7 +113,7 @@ def run(out: TextIO = sys.stdout) -> int:
         verify_artifact(bytes(flipped), sig, trust.ci_release_key, now=NOW, window_secs=86400)
         out.write("\ntampered artifact: ACCEPTED (bug)\n")
         return 1
-    except Exception as exc:  # noqa: BLE001 - report what the verifier said
+    except Exception as exc:
         out.write(f"\ntampered artifact (byte 50 flipped): rejected: {exc}\n")
     return 0
 

@@ -1,12 +1,154 @@
-"""`nixfleet-control-plane` entry point."""
+"""`nixfleet-control-plane serve`: open the DB, prime, then listen.
+
+Everything that can refuse start-up (flags, trust file, migrations, the fleet CA)
+is checked before the port binds, and refuses with one line and exit 2.
+"""
 
 from __future__ import annotations
 
-from nixfleet.cli.app import not_built
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from aiohttp import web
+
+from nixfleet.cli.app import OneLineParser, run
+from nixfleet.core.canonical import load_json
+from nixfleet.core.errors import BadInput, NixfleetError
+from nixfleet.core.trust import Trust, parse_trust
+from nixfleet.logsetup import configure_logging
+
+from . import issuance
+from .config import CpConfig, add_serve_flags, config_from_args
+from .http import build_app
+from .runtime import CpRuntime
+from .service import CpService, ServiceSettings
+from .store import Store
+
+log = logging.getLogger("nixfleet.cp")
 
 
-def main() -> int:
-    return not_built("nixfleet-control-plane", "control-plane issue")
+def read_file(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read {what} {path} ({exc.strerror})") from exc
+
+
+def load_trust(path: Path) -> Trust:
+    return parse_trust(load_json(read_file(path, "trust file"), source=str(path)), source=str(path))
+
+
+def server_ssl_context(cfg: CpConfig) -> ssl.SSLContext | None:
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
+        if cfg.client_ca is not None:
+            ctx.load_verify_locations(cafile=str(cfg.client_ca))
+            # Optional at the handshake: /v1/enroll comes without a certificate.
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+    except (OSError, ssl.SSLError) as exc:
+        raise BadInput(f"cannot load TLS material ({exc})") from exc
+    return ctx
+
+
+def build_service(cfg: CpConfig) -> CpService:
+    load_trust(cfg.trust_file)  # refuse to start on an unreadable or invalid trust file
+    store = Store.open(cfg.db_path) if cfg.db_path is not None else None
+    fleet_ca = None
+    if cfg.fleet_ca_cert is not None and cfg.fleet_ca_key is not None:
+        fleet_ca = issuance.load_fleet_ca(
+            read_file(cfg.fleet_ca_cert, "fleet CA cert"),
+            read_file(cfg.fleet_ca_key, "fleet CA key"),
+        )
+    audit_path = cfg.audit_log
+
+    def audit(line: str) -> None:
+        if audit_path is not None:
+            with audit_path.open("a") as fh:
+                fh.write(line)
+
+    settings = ServiceSettings(
+        agent_cn_suffix=cfg.agent_cn_suffix,
+        confirm_window=timedelta(seconds=cfg.confirm_deadline_secs),
+        freshness_window_secs=cfg.freshness_window_secs,
+        agent_cert_validity_secs=cfg.agent_cert_validity_secs,
+        needs_revocations=cfg.revocations is not None,
+        needs_nonces=cfg.bootstrap_nonces is not None,
+    )
+    return CpService(
+        store, lambda: load_trust(cfg.trust_file), settings, fleet_ca=fleet_ca, audit=audit
+    )
+
+
+async def serve(cfg: CpConfig) -> int:
+    service = build_service(cfg)
+    if service.store is not None:
+        log.info("sqlite opened + migrated path=%s", cfg.db_path)
+    if service.fleet_ca is None:
+        log.warning("no fleet CA configured: /v1/enroll and /v1/agent/renew answer 500")
+    ctx = server_ssl_context(cfg)
+    runtime = CpRuntime(cfg, service)
+    await runtime.start()
+    app = build_app(service, strict=cfg.strict, max_body_bytes=cfg.max_body_bytes)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=25)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=ctx)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runtime.stop()
+        await runner.cleanup()
+        raise BadInput(f"cannot listen on {cfg.host}:{cfg.port} ({exc.strerror})") from exc
+    mode = "TLS+mTLS" if ctx is not None and cfg.client_ca else ("TLS-only" if ctx else "plain")
+    log.info(
+        "control plane listening addr=%s:%d mode=%s ready=%s",
+        cfg.host,
+        cfg.port,
+        mode,
+        service.ready,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("control plane stopping")
+    await runtime.stop()
+    await runner.cleanup()
+    if service.store is not None:
+        service.store.close()
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    configure_logging()
+    try:
+        return asyncio.run(serve(cfg))
+    except NixfleetError as exc:
+        hint = getattr(exc, "hint", None)
+        raise BadInput(f"{exc}\n{hint}" if hint else str(exc)) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="nixfleet-control-plane", description="NixFleet control plane")
+    sub = parser.add_subparsers(metavar="COMMAND", parser_class=OneLineParser)
+    serve_p = sub.add_parser("serve", help="run the control plane")
+    add_serve_flags(serve_p)
+    serve_p.set_defaults(func=_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv, name="nixfleet-control-plane")
 
 
 if __name__ == "__main__":

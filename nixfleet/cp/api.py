@@ -1,0 +1,28 @@
+"""HTTP-facing errors of the control plane: one record, rendered by one middleware."""
+
+from __future__ import annotations
+
+from nixfleet.core.errors import NixfleetError
+
+
+class ApiError(NixfleetError):
+    """An answer other than success: `status`, a stable `code`, a one-line message."""
+
+    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None):
+        super().__init__(message)
+        self.http_status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+NOT_READY = ApiError(
+    503, "control plane not ready", "awaiting first signed artifact", retry_after=30
+)
+
+
+def unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message)
+
+
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "forbidden", message)

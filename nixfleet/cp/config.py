@@ -1,0 +1,159 @@
+"""`nixfleet-control-plane serve` configuration: flags, env `NIXFLEET_CP_<FLAG>`, defaults."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from nixfleet.cli.envflags import add_env_flag
+from nixfleet.core.errors import BadInput
+
+ENV_PREFIX = "NIXFLEET_CP_"
+DEFAULT_LISTEN = "0.0.0.0:8443"
+DEFAULT_DB = "/var/lib/nixfleet-cp/state.db"
+DEFAULT_TRUST = "/etc/nixfleet/cp/trust.json"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Upstream:
+    """A signed artifact polled over HTTPS: the document and its detached `.sig`."""
+
+    artifact_url: str
+    signature_url: str
+    token_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CpConfig:
+    host: str
+    port: int
+    tls_cert: Path | None
+    tls_key: Path | None
+    client_ca: Path | None
+    trust_file: Path
+    db_path: Path | None
+    agent_cn_suffix: str
+    artifact: Path | None = None
+    signature: Path | None = None
+    channel_refs: Upstream | None = None
+    revocations: Upstream | None = None
+    bootstrap_nonces: Upstream | None = None
+    upstream_ca: Path | None = None
+    upstream_label: str = "forgejo"
+    fleet_ca_cert: Path | None = None
+    fleet_ca_key: Path | None = None
+    agent_cert_validity_secs: int = 2_592_000
+    audit_log: Path | None = None
+    rollouts_dir: Path | None = None
+    freshness_window_secs: int = 2_592_000
+    confirm_deadline_secs: int = 360
+    tick_interval_secs: float = 30.0
+    poll_interval_secs: float = 60.0
+    sweep_interval_secs: float = 30.0
+    prime_timeout_secs: float = 20.0
+    poll_timeout_secs: float = 15.0
+    max_body_bytes: int = 1_048_576
+    strict: bool = False
+
+
+def add_serve_flags(p: argparse.ArgumentParser) -> None:
+    def flag(name: str, **kw: object) -> None:
+        add_env_flag(p, name, prefix=ENV_PREFIX, **kw)  # type: ignore[arg-type]
+
+    flag("--listen", default=DEFAULT_LISTEN, help="address:port to listen on")
+    flag("--tls-cert", type=Path, help="server certificate (PEM)")
+    flag("--tls-key", type=Path, help="server key (PEM)")
+    flag("--client-ca", type=Path, help="CA that agent and operator certs chain to")
+    flag("--trust-file", type=Path, default=Path(DEFAULT_TRUST), help="trust.json")
+    flag("--db-path", type=Path, default=Path(DEFAULT_DB), help="SQLite state DB")
+    flag("--agent-cn-suffix", required=True, help="agent certs are agent-<id>.<suffix>")
+    flag("--artifact", type=Path, help="build-time fleet.resolved.json (fallback)")
+    flag("--signature", type=Path, help="build-time fleet.resolved.json.sig (fallback)")
+    for kind in ("channel-refs", "revocations", "bootstrap-nonces"):
+        flag(f"--{kind}-artifact-url", help=f"HTTPS URL of the signed {kind} artifact")
+        flag(f"--{kind}-signature-url", help="its .sig URL (default: artifact URL + .sig)")
+        flag(f"--{kind}-token-file", type=Path, help="bearer token file, re-read each poll")
+    flag("--upstream-ca", type=Path, help="extra CA for upstream TLS (system store is used too)")
+    flag("--upstream-label", default="forgejo", help="upstream name in poll log lines")
+    flag("--fleet-ca-cert", type=Path, help="fleet CA certificate for enroll/renew")
+    flag("--fleet-ca-key", type=Path, help="fleet CA key for enroll/renew")
+    flag("--agent-cert-validity-secs", type=int, default=2_592_000, help="issued cert lifetime")
+    flag("--audit-log", type=Path, help="issuance audit log (JSON lines)")
+    flag("--rollouts-dir", type=Path, help="directory of <rolloutId>.json{,.sig} manifests")
+    flag("--freshness-window-secs", type=int, default=2_592_000, help="sidecar freshness window")
+    flag("--confirm-deadline-secs", type=int, default=360, help="confirm window per dispatch")
+    flag("--tick-interval-secs", type=float, default=30.0, help="reconcile tick period")
+    flag("--poll-interval-secs", type=float, default=60.0, help="upstream poll period")
+    flag("--sweep-interval-secs", type=float, default=30.0, help="rollback sweep period")
+    flag("--max-body-bytes", type=int, default=1_048_576, help="largest accepted request body")
+    flag("--strict", action="store_true", help="require the protocol header and all sidecars")
+
+
+def _upstream(args: argparse.Namespace, kind: str) -> Upstream | None:
+    attr = kind.replace("-", "_")
+    url: str | None = getattr(args, f"{attr}_artifact_url")
+    if not url:
+        return None
+    sig: str | None = getattr(args, f"{attr}_signature_url")
+    return Upstream(
+        artifact_url=url,
+        signature_url=sig or url + ".sig",
+        token_file=getattr(args, f"{attr}_token_file"),
+    )
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise BadInput(f"--listen: expected ADDRESS:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def config_from_args(args: argparse.Namespace) -> CpConfig:
+    host, port = _listen(args.listen)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise BadInput("--tls-cert and --tls-key go together")
+    if (args.fleet_ca_cert is None) != (args.fleet_ca_key is None):
+        raise BadInput("--fleet-ca-cert and --fleet-ca-key go together")
+    if (args.artifact is None) != (args.signature is None):
+        raise BadInput("--artifact and --signature go together")
+    if args.confirm_deadline_secs < 1 or args.agent_cert_validity_secs < 60:
+        raise BadInput("--confirm-deadline-secs must be ≥ 1 and --agent-cert-validity-secs ≥ 60")
+    cfg = CpConfig(
+        host=host,
+        port=port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        client_ca=args.client_ca,
+        trust_file=args.trust_file,
+        db_path=args.db_path,
+        agent_cn_suffix=args.agent_cn_suffix,
+        artifact=args.artifact,
+        signature=args.signature,
+        channel_refs=_upstream(args, "channel-refs"),
+        revocations=_upstream(args, "revocations"),
+        bootstrap_nonces=_upstream(args, "bootstrap-nonces"),
+        upstream_ca=args.upstream_ca,
+        upstream_label=args.upstream_label,
+        fleet_ca_cert=args.fleet_ca_cert,
+        fleet_ca_key=args.fleet_ca_key,
+        agent_cert_validity_secs=args.agent_cert_validity_secs,
+        audit_log=args.audit_log,
+        rollouts_dir=args.rollouts_dir,
+        freshness_window_secs=args.freshness_window_secs,
+        confirm_deadline_secs=args.confirm_deadline_secs,
+        tick_interval_secs=args.tick_interval_secs,
+        poll_interval_secs=args.poll_interval_secs,
+        sweep_interval_secs=args.sweep_interval_secs,
+        max_body_bytes=args.max_body_bytes,
+        strict=args.strict,
+    )
+    if cfg.strict and (
+        cfg.client_ca is None or cfg.revocations is None or cfg.bootstrap_nonces is None
+    ):
+        raise BadInput(
+            "--strict needs --client-ca, --revocations-artifact-url and "
+            "--bootstrap-nonces-artifact-url"
+        )
+    return cfg

@@ -1,0 +1,236 @@
+"""The CP's aiohttp shell: parse, call `CpService`, encode. Handlers decide nothing.
+
+Layers on `/v1/*` and `/metrics`, outermost first (protocol §1.1): readiness gate,
+`X-Nixfleet-Protocol`, then mTLS identity and revocation. `/healthz` bypasses them.
+Errors of every kind become one JSON body `{"error": …, "reason": …}` here.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from nixfleet import __version__
+from nixfleet.core import wire
+from nixfleet.core.canonical import load_json
+from nixfleet.core.errors import NixfleetError, ParseError
+from nixfleet.core.timeutil import format_instant
+
+from .api import NOT_READY, ApiError, forbidden, unauthorized
+from .service import CpService
+
+log = logging.getLogger("nixfleet.cp")
+
+SERVICE = web.AppKey("service", CpService)
+STRICT = web.AppKey("strict", bool)
+PROTOCOL_HEADER = "X-Nixfleet-Protocol"
+PROTOCOL_MAJOR = 1
+ANONYMOUS = frozenset({"/v1/enroll", "/v1/agent/bootstrap-report"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _error_body(status: int, code: str, reason: str) -> web.Response:
+    return web.json_response({"error": code, "reason": reason}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        resp = _error_body(exc.http_status, exc.code, exc.message)
+        if exc.retry_after is not None:
+            resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
+    except ParseError as exc:
+        return _error_body(400, "bad request", exc.message)
+    except NixfleetError as exc:
+        return _error_body(exc.http_status, type(exc).__name__, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error_body(exc.status, exc.reason, exc.text or exc.reason)
+
+
+@web.middleware
+async def gates_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    if not (path.startswith("/v1/") or path == "/metrics"):
+        return await handler(request)
+    service = request.app[SERVICE]
+    if not service.ready:
+        raise NOT_READY
+    header = request.headers.get(PROTOCOL_HEADER)
+    if header is None:
+        if request.app[STRICT]:
+            raise ApiError(400, "bad request", f"missing {PROTOCOL_HEADER} header")
+    else:
+        try:
+            major = int(header.strip())
+        except ValueError:
+            raise ApiError(400, "bad request", f"{PROTOCOL_HEADER} is not an integer") from None
+        if major != PROTOCOL_MAJOR:
+            raise ApiError(426, "upgrade required", f"protocol major {major} != {PROTOCOL_MAJOR}")
+    if path not in ANONYMOUS:
+        request["peer"] = _authenticate(request, service)
+    return await handler(request)
+
+
+class Peer:
+    __slots__ = ("cn", "machine_id", "not_before")
+
+    def __init__(self, cn: str, machine_id: str, not_before: datetime) -> None:
+        self.cn = cn
+        self.machine_id = machine_id
+        self.not_before = not_before
+
+
+def _authenticate(request: web.Request, service: CpService) -> Peer:
+    transport = request.transport
+    sslobj: ssl.SSLObject | None = (
+        transport.get_extra_info("ssl_object") if transport is not None else None
+    )
+    der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    if not der:
+        raise unauthorized("client certificate required")
+    cert = x509.load_der_x509_certificate(der)
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not cns:
+        raise unauthorized("client certificate has no CN")
+    cn = str(cns[0].value)
+    machine_id = service.machine_id(cn)
+    not_before = cert.not_valid_before_utc
+    if service.is_revoked(machine_id, not_before):
+        log.warning("rejecting revoked cert cert_revocations hostname=%s cn=%s", machine_id, cn)
+        raise unauthorized(f"certificate for {machine_id} is revoked")
+    return Peer(cn, machine_id, not_before)
+
+
+def _peer(request: web.Request) -> Peer:
+    peer: Peer = request["peer"]
+    return peer
+
+
+async def _body(request: web.Request, what: str) -> Any:
+    return load_json(await request.read(), source=what)
+
+
+def _same_host(peer: Peer, hostname: str) -> None:
+    if peer.machine_id != hostname:
+        raise forbidden(f"certificate is for {peer.machine_id}, body names {hostname}")
+
+
+# --- routes ----------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    tick = request.app[SERVICE].last_tick_at
+    return web.json_response(
+        {"ok": True, "version": __version__, "last_tick_at": tick and format_instant(tick)}
+    )
+
+
+async def whoami(request: web.Request) -> web.Response:
+    return web.json_response({"cn": _peer(request).cn, "issuedAt": format_instant(utc_now())})
+
+
+async def checkin(request: web.Request) -> web.Response:
+    req = wire.parse_checkin_request(await _body(request, "checkin body"), source="checkin body")
+    _same_host(_peer(request), req.hostname)
+    reply = request.app[SERVICE].checkin(req, now=utc_now())
+    return web.json_response(wire.dump_checkin_response(reply))
+
+
+async def confirm(request: web.Request) -> web.Response:
+    req = wire.parse_confirm_request(await _body(request, "confirm body"), source="confirm body")
+    _same_host(_peer(request), req.hostname)
+    status = request.app[SERVICE].confirm(req, now=utc_now())
+    if status == 204:
+        return web.Response(status=204)
+    raise ApiError(410, "gone", "no matching dispatch and no recoverable orphan; roll back")
+
+
+async def report(request: web.Request) -> web.Response:
+    req = wire.parse_report_request(await _body(request, "report body"), source="report body")
+    _same_host(_peer(request), req.hostname)
+    accepted = request.app[SERVICE].report(req, now=utc_now())
+    return web.json_response(wire.dump_report_accepted(accepted))
+
+
+async def enroll(request: web.Request) -> web.Response:
+    req = wire.parse_enroll_request(await _body(request, "enroll body"), source="enroll body")
+    issued = request.app[SERVICE].enroll(req, now=utc_now())
+    return web.json_response(wire.dump_cert_issued(issued))
+
+
+async def renew(request: web.Request) -> web.Response:
+    req = wire.parse_renew_request(await _body(request, "renew body"), source="renew body")
+    issued = request.app[SERVICE].renew(_peer(request).machine_id, req, now=utc_now())
+    return web.json_response(wire.dump_cert_issued(issued))
+
+
+async def channel(request: web.Request) -> web.Response:
+    info = request.app[SERVICE].channel_info(request.match_info["name"])
+    return web.json_response(info)
+
+
+async def hosts(request: web.Request) -> web.Response:
+    entries = request.app[SERVICE].host_status(now=utc_now())
+    return web.json_response({"hosts": [wire.dump_host_status_entry(e) for e in entries]})
+
+
+async def rollouts(request: web.Request) -> web.Response:
+    return web.json_response({"rollouts": request.app[SERVICE].rollouts_in_flight()})
+
+
+async def rollout_manifest(request: web.Request) -> web.Response:
+    body, _sig = request.app[SERVICE].manifest(request.match_info["rid"])
+    return web.Response(body=body, content_type="application/json")
+
+
+async def rollout_signature(request: web.Request) -> web.Response:
+    _body_bytes, sig = request.app[SERVICE].manifest(request.match_info["rid"])
+    if sig is None:
+        raise ApiError(500, "internal", "manifest signature is missing")
+    return web.Response(body=sig, content_type="application/octet-stream")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    resp = web.Response(body=generate_latest(request.app[SERVICE].metrics.registry))
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp
+
+
+def build_app(service: CpService, *, strict: bool, max_body_bytes: int) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, gates_middleware], client_max_size=max_body_bytes
+    )
+    app[SERVICE] = service
+    app[STRICT] = strict
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/enroll", enroll)
+    app.router.add_post("/v1/agent/renew", renew)
+    app.router.add_get("/v1/whoami", whoami)
+    app.router.add_post("/v1/agent/checkin", checkin)
+    app.router.add_post("/v1/agent/confirm", confirm)
+    app.router.add_post("/v1/agent/report", report)
+    app.router.add_get("/v1/channels/{name}", channel)
+    app.router.add_get("/v1/hosts", hosts)
+    app.router.add_get("/v1/rollouts", rollouts)
+    app.router.add_get("/v1/rollouts/{rid}", rollout_manifest)
+    app.router.add_get("/v1/rollouts/{rid}/sig", rollout_signature)
+    app.router.add_get("/metrics", metrics)
+    return app
