@@ -1,21 +1,27 @@
-"""The registry of `nixfleet` subcommand modules."""
+"""The registry of `nixfleet` subcommand modules, in `--help` order."""
 
 from __future__ import annotations
 
-ALL: list = []  # type: ignore[type-arg]
+from types import ModuleType
 
-from . import reconcile_cmd  # noqa: E402
-
-ALL.append(reconcile_cmd)
-
-from . import (  # noqa: E402
+from . import (
     canonicalize,
     derive_pubkey,
     fingerprint,
     keygen,
     mint_token,
+    reconcile_cmd,
     release,
     verify_artifact,
 )
 
-ALL.extend([mint_token, derive_pubkey, canonicalize, keygen, fingerprint, release, verify_artifact])
+ALL: list[ModuleType] = [
+    mint_token,
+    derive_pubkey,
+    fingerprint,
+    keygen,
+    canonicalize,
+    release,
+    verify_artifact,
+    reconcile_cmd,
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from types import ModuleType
 
 from nixfleet import __version__
 
@@ -19,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _commands() -> list:  # type: ignore[type-arg]
-    # Each module exposes register(subparsers); imported here so `--help` lists all.
+def _commands() -> list[ModuleType]:
+    # Each module exposes register(subparsers).
     from . import commands
 
     return commands.ALL

@@ -56,14 +56,24 @@ def _load_json(path: str) -> Any:
         raise ParseError(path, "", "not valid JSON (nested too deeply)") from exc
 
 
+def _printable(text: str) -> str:
+    """Escape control characters (a JSON key may hold a newline) to keep one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def run(args: argparse.Namespace) -> int:
-    now = (
-        parse_instant(args.now, source="--now")
-        if args.now is not None
-        else datetime.now(UTC)
-    )
-    fleet = parse_fleet(_load_json(args.fleet), source=args.fleet)
-    observed = parse_observed(_load_json(args.observed), source=args.observed)
+    try:
+        now = (
+            parse_instant(args.now, source="--now")
+            if args.now is not None
+            else datetime.now(UTC)
+        )
+        fleet = parse_fleet(_load_json(args.fleet), source=args.fleet)
+        observed = parse_observed(_load_json(args.observed), source=args.observed)
+    except ParseError as exc:
+        raise ParseError(
+            _printable(exc.source), _printable(exc.field), _printable(exc.problem)
+        ) from exc
     actions = reconcile(fleet, observed, now)
     sys.stdout.write(json.dumps(dump_actions(actions), indent=2) + "\n")
     return 0

@@ -7,6 +7,10 @@ fit to print after `nixfleet: ` and exit with `exit_code`.
 from __future__ import annotations
 
 
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class NixfleetError(Exception):
     """Root of every error a user or a peer can cause. Anything else is a bug."""
 
@@ -33,7 +37,8 @@ class ParseError(BadInput):
 
     def __init__(self, source: str, field: str, problem: str) -> None:
         where = f"{source}: {field}" if field else source
-        super().__init__(f"{where}: {problem}")
+        # Field names and values come from untrusted input: keep the message one line.
+        super().__init__(_one_line(f"{where}: {problem}"))
         self.source = source
         self.field = field
         self.problem = problem
