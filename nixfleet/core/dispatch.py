@@ -2,11 +2,12 @@
 
 The CP service loads rows, calls these functions and writes what they say in one
 transaction; the simulator drives the same service. Inputs are plain records so the
-decisions stay pure: the gate verdict is computed by `gates.py` and passed in.
+decisions stay pure: the gate verdict comes from `gates.py` through a callable.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -103,15 +104,34 @@ def decide_checkin(
     facts: CheckinFacts,
     plan: HostPlan,
     op_row: OpRow | None,
-    gate_block: str | None,
+    gate_block: Callable[[], str | None],
     now: datetime,
     confirm_window: timedelta = DEFAULT_CONFIRM_WINDOW,
 ) -> CheckinDecision:
-    """The dispatch ladder of lifecycle §4.3, after the gate pre-check of §4.2."""
+    """The gate pre-check of lifecycle §4.2, then the dispatch ladder of §4.3.
+
+    `gate_block` is asked only when its verdict changes what happens: a closed gate
+    turns a dispatch or a converged-at-dispatch record into a plain hold, while every
+    other step of the ladder already answers "no target, nothing written". Skipping the
+    gates there saves projecting the whole fleet on most checkins.
+    """
     if not plan.declared:
         return NoTarget(reason=UNMANAGED)
-    if gate_block is not None:
-        return NoTarget(reason=f"held by fleet-level gate: {gate_block}")
+    decision = _ladder(facts, plan, op_row, now, confirm_window)
+    if isinstance(decision, Dispatch) or decision.record_converged:
+        block = gate_block()
+        if block is not None:
+            return NoTarget(reason=f"held by fleet-level gate: {block}")
+    return decision
+
+
+def _ladder(
+    facts: CheckinFacts,
+    plan: HostPlan,
+    op_row: OpRow | None,
+    now: datetime,
+    confirm_window: timedelta,
+) -> CheckinDecision:
     if plan.closure_hash is None:
         return NoTarget(reason=NO_DECLARATION)
     if facts.current_closure == plan.closure_hash:

@@ -15,6 +15,11 @@ DECLARED = "0" * 32 + "-nixos-system-h1-26.05"
 OLD = "1" * 32 + "-nixos-system-h1-26.04"
 RID = "a" * 64
 
+
+def NO_GATE() -> str | None:
+    return None
+
+
 FACTS = d.CheckinFacts(hostname="h1", current_closure=OLD)
 PLAN = d.HostPlan(declared=True, closure_hash=DECLARED, rollout_id=RID, wave_index=0)
 
@@ -111,11 +116,11 @@ def test_ladder_holds(
     gate: str | None,
     expected: d.NoTarget,
 ) -> None:
-    assert d.decide_checkin(facts, plan, op, gate, NOW) == expected
+    assert d.decide_checkin(facts, plan, op, lambda: gate, NOW) == expected
 
 
 def test_dispatch_sets_deadline_from_window() -> None:
-    assert d.decide_checkin(FACTS, PLAN, None, None, NOW) == d.Dispatch(
+    assert d.decide_checkin(FACTS, PLAN, None, NO_GATE, NOW) == d.Dispatch(
         rollout_id=RID,
         closure_hash=DECLARED,
         wave_index=0,
@@ -125,29 +130,31 @@ def test_dispatch_sets_deadline_from_window() -> None:
 
 @pytest.mark.parametrize("state", [d.CONFIRMED, d.ROLLED_BACK, d.CANCELLED])
 def test_finished_rows_do_not_block_a_new_dispatch(state: str) -> None:
-    assert isinstance(d.decide_checkin(FACTS, PLAN, row(state, closure=OLD), None, NOW), d.Dispatch)
+    assert isinstance(
+        d.decide_checkin(FACTS, PLAN, row(state, closure=OLD), NO_GATE, NOW), d.Dispatch
+    )
 
 
 def test_fetch_failure_for_another_rollout_does_not_hold() -> None:
     facts = replace(
         FACTS, last_fetch_outcome=FetchOutcome(result="fetch-failed", rollout_id="b" * 64)
     )
-    assert isinstance(d.decide_checkin(facts, PLAN, None, None, NOW), d.Dispatch)
+    assert isinstance(d.decide_checkin(facts, PLAN, None, NO_GATE, NOW), d.Dispatch)
 
 
 def test_deferred_row_for_another_closure_falls_through() -> None:
     assert isinstance(
-        d.decide_checkin(FACTS, PLAN, row(d.DEFERRED, closure=OLD), None, NOW), d.Dispatch
+        d.decide_checkin(FACTS, PLAN, row(d.DEFERRED, closure=OLD), NO_GATE, NOW), d.Dispatch
     )
 
 
 def test_ghost_loop_truncated_report_would_dispatch_every_time() -> None:
     """A report cut to the 32-char hash never equals the declared basename."""
     truncated = replace(FACTS, current_closure=DECLARED.split("-", 1)[0])
-    assert isinstance(d.decide_checkin(truncated, PLAN, None, None, NOW), d.Dispatch)
+    assert isinstance(d.decide_checkin(truncated, PLAN, None, NO_GATE, NOW), d.Dispatch)
     full = replace(FACTS, current_closure=DECLARED)
     for _ in range(5):
-        assert isinstance(d.decide_checkin(full, PLAN, None, None, NOW), d.NoTarget)
+        assert isinstance(d.decide_checkin(full, PLAN, None, NO_GATE, NOW), d.NoTarget)
 
 
 CONFIRM = d.ConfirmFacts(hostname="h1", rollout_id=RID, closure_hash=DECLARED)
@@ -214,3 +221,21 @@ def test_rollback_signal_only_for_failed_under_rollback_and_halt() -> None:
     )
     assert d.rollback_signal("h1", RID, RID, "Failed", "halt") is None
     assert d.rollback_signal("h1", RID, RID, "Reverted", "rollback-and-halt") is None
+
+
+def test_gate_is_consulted_only_when_it_changes_the_outcome() -> None:
+    asked: list[int] = []
+
+    def gate() -> str | None:
+        asked.append(1)
+        return "quarantine: x"
+
+    assert d.decide_checkin(FACTS, PLAN, row(d.PENDING), gate, NOW) == d.NoTarget(
+        reason=d.IN_FLIGHT
+    )
+    assert asked == []
+    held = d.NoTarget(reason="held by fleet-level gate: quarantine: x")
+    assert d.decide_checkin(FACTS, PLAN, None, gate, NOW) == held
+    on_target = replace(FACTS, current_closure=DECLARED)
+    assert d.decide_checkin(on_target, PLAN, None, gate, NOW) == held
+    assert len(asked) == 2
