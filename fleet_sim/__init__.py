@@ -1,0 +1,1 @@
+"""A deterministic discrete-event fleet simulator on the production decision code."""

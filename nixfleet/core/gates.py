@@ -95,6 +95,16 @@ class GateBlock:
     reason: str
 
 
+def needs_host_states(fleet: Fleet) -> bool:
+    """Whether any gate reads hosts' rollout states for this fleet.
+
+    Host edges read the gating host's state, channel edges whether the predecessor's
+    rollout is still active-for-ordering, disruption budgets the in-flight hosts. A
+    fleet with none of them can be gated on a view without per-host states.
+    """
+    return bool(fleet.edges or fleet.channel_edges or fleet.disruption_budgets)
+
+
 # --- reason strings (exact, lifecycle §3.4) ------------------------------------
 
 

@@ -112,9 +112,15 @@ def project_observed(
     quarantined: Mapping[str, tuple[str, ...]] | None = None,
     outstanding_events: Mapping[str, Mapping[str, int]] | None = None,
     last_deferrals: Mapping[str, Deferral] | None = None,
+    with_host_states: bool = True,
+    with_hosts: bool = True,
 ) -> Observed:
-    participation = list(participation)
-    dispatch_rows = list(dispatch_rows)
+    """The full view for the reconciler. The gates need less: `with_hosts=False`
+    leaves out host observations (online, probes), which no gate reads, and
+    `with_host_states=False` leaves each rollout's `host_states` empty, enough for a
+    fleet where `gates.needs_host_states` is false."""
+    participation = list(participation) if with_host_states else []
+    dispatch_rows = list(dispatch_rows) if with_host_states else []
     live_ids = set(snapshot.rollout_ids.values())
     recorded = [ro for ro in rollouts if not ro.superseded and ro.rollout_id in live_ids]
     active: list[Rollout] = []
@@ -152,12 +158,12 @@ def project_observed(
                 online=is_online(checkins.get(name), now, poll),
                 current_generation=(c.current_closure if (c := checkins.get(name)) else None),
             )
-            for name in snapshot.fleet.hosts
+            for name in (snapshot.fleet.hosts if with_hosts else ())
         },
         active_rollouts=tuple(active),
         outstanding_compliance_events_by_rollout=dict(outstanding_events or {}),
         last_deferrals=dict(last_deferrals or {}),
-        host_probes_passing={h: c.probes_passing for h, c in checkins.items()},
-        host_probes_observed={h: c.probes_observed for h, c in checkins.items()},
+        host_probes_passing={h: c.probes_passing for h, c in checkins.items() if with_hosts},
+        host_probes_observed={h: c.probes_observed for h, c in checkins.items() if with_hosts},
         quarantined_closures=dict(quarantined or {}),
     )

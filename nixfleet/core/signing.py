@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +198,7 @@ def _ed25519_add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
     return x3, y3
 
 
+@functools.lru_cache(maxsize=4096)
 def _ed25519_is_weak(enc: bytes) -> bool:
     """Not a canonical point, or a point of order dividing the cofactor 8."""
     point = _ed25519_decode(enc)

@@ -18,12 +18,13 @@ Every failure is a VerifyError whose `reason` is one of the names above.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from . import freshness
-from .canonical import JsonValue, canonical_bytes, load_json, sha256_hex
+from .canonical import JsonValue, canonicalize, load_json, sha256_hex
 from .errors import ParseError, VerifyError
 from .signing import parse_public_key, verify_signature
 from .timeutil import format_instant, parse_instant
@@ -50,6 +51,8 @@ class Verified:
     canonical: bytes
     """JCS of the received bytes: what was signed and what content ids hash."""
     value: JsonValue
+    """The parsed document; shared with other verifications of the same bytes, so
+    read-only."""
     signed_at: datetime
     signed_at_text: str
     """`meta.signedAt` exactly as received (may carry nanoseconds)."""
@@ -71,18 +74,10 @@ def verify_artifact(
     if not keys_at(slot, now):
         raise VerifyError(NO_TRUST_ROOTS, "trust slot has no key in force")
 
-    # 2. Parse and canonicalize what was received.
-    try:
-        value = load_json(raw, source=source)
-    except ParseError as exc:
-        raise VerifyError(PARSE, str(exc)) from exc
-    try:
-        canonical = canonical_bytes(value, source=source)
-    except ParseError as exc:
-        raise VerifyError(CANONICALIZE, str(exc)) from exc
-
-    # 3. Signature: the first key in force that verifies wins.
-    key = _verifying_key(slot, now, canonical, signature)
+    # 2-3. Parse, canonicalize, find the key that signed it (memoised: see below).
+    value, canonical, key = _authenticate(
+        raw, signature, tuple(keys_in_force(slot, now)), tuple(keys_at(slot, now)), source
+    )
 
     # 4-5. Schema and stamp, only now that the content is authentic.
     obj: dict[str, Any] = value if isinstance(value, dict) else {}
@@ -147,10 +142,37 @@ def verify_rollout_manifest(
     return verified
 
 
-def _verifying_key(slot: Slot, now: datetime, message: bytes, signature: bytes) -> KeyInForce:
-    usable = keys_in_force(slot, now)
+@functools.lru_cache(maxsize=64)
+def _authenticate(
+    raw: bytes,
+    signature: bytes,
+    usable: tuple[KeyInForce, ...],
+    in_force: tuple[KeyInForce, ...],
+    source: str,
+) -> tuple[JsonValue, bytes, KeyInForce]:
+    """Steps 2–3, a pure function of the bytes and the keys in force, memoised: a
+    CP re-verifies the same artifact every tick and a simulated fleet verifies one
+    manifest once per host. Failures raise and are not cached. The parsed value is
+    shared between callers, so it must be treated as read-only."""
+    try:
+        value = load_json(raw, source=source)
+    except ParseError as exc:
+        raise VerifyError(PARSE, str(exc)) from exc
+    try:
+        canonical = canonicalize(raw, source=source)
+    except ParseError as exc:
+        raise VerifyError(CANONICALIZE, str(exc)) from exc
+    return value, canonical, _verifying_key(usable, in_force, canonical, signature)
+
+
+def _verifying_key(
+    usable: tuple[KeyInForce, ...],
+    in_force: tuple[KeyInForce, ...],
+    message: bytes,
+    signature: bytes,
+) -> KeyInForce:
     if not usable:
-        algorithms = ", ".join(sorted({k.key.algorithm for k in keys_at(slot, now)}))
+        algorithms = ", ".join(sorted({k.key.algorithm for k in in_force}))
         raise VerifyError(
             UNSUPPORTED_ALGORITHM, f"no key in force has a known algorithm ({algorithms})"
         )

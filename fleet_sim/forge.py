@@ -1,0 +1,73 @@
+"""The forge and CI: releases signed for real, published at simulated instants.
+
+CI's ordering quirk (seed 000): a host's closure is built before the `[skip ci]`
+release commit lands, so the artifact baked into the CP's own closure is always the
+release before the newest one; that is the CP's build-time fallback here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from harness.fleetgen import ChannelDecl, HostDecl, ReleaseKit, ci_commit, fleet_doc
+from nixfleet.core.fleet import parse_fleet
+from nixfleet.core.manifest import manifest_bytes, project_manifests, rollout_id
+from nixfleet.core.signing import sign
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    number: int
+    raw: bytes
+    sig: bytes
+    signed_at: datetime
+    rollout_ids: Mapping[str, str]
+
+
+@dataclass
+class SimForge:
+    kit: ReleaseKit = field(default_factory=ReleaseKit)
+    releases: list[Release] = field(default_factory=list)
+    manifests: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+    up: bool = True
+
+    def publish(
+        self,
+        hosts: Mapping[str, HostDecl],
+        *,
+        signed_at: datetime,
+        channels: Mapping[str, ChannelDecl] | None = None,
+        on_health_failure: str = "rollback-and-halt",
+    ) -> Release:
+        number = len(self.releases) + 1
+        doc = fleet_doc(
+            hosts,
+            signed_at=signed_at,
+            ci_commit=ci_commit(number),
+            channels=channels,
+            on_health_failure=on_health_failure,
+        )
+        raw, sig = self.kit.sign(doc)
+        ids: dict[str, str] = {}
+        for channel, manifest in project_manifests(parse_fleet(doc), raw).items():
+            body = manifest_bytes(manifest)
+            rid = rollout_id(manifest)
+            self.manifests[rid] = (body, sign(self.kit.release_key, body))
+            ids[channel] = rid
+        release = Release(number, raw, sig, signed_at, ids)
+        self.releases.append(release)
+        return release
+
+    @property
+    def latest(self) -> Release | None:
+        return self.releases[-1] if self.releases else None
+
+    @property
+    def build_time(self) -> Release | None:
+        """What the CP's closure has baked in: one release behind the newest."""
+        return self.releases[-2] if len(self.releases) >= 2 else None
+
+    def manifest(self, rid: str) -> tuple[bytes, bytes] | None:
+        return self.manifests.get(rid)

@@ -1,0 +1,217 @@
+"""A simulated host: the real agent reducer (`AgentSession`) pumped by simpy.
+
+`perform` carries out the same actions as the asyncio daemon, with simulated IO: a
+`Network` call to the real `CpService`, a binary-cache transfer, an activation that
+takes time and may fail. The match ends in `assert_never`, like the daemon's.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Generator
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, assert_never
+
+import simpy
+
+from nixfleet.core.agent import (
+    Activate,
+    AgentAction,
+    AgentEvent,
+    AgentSession,
+    AgentState,
+    Boot,
+    Checkin,
+    CheckinFailed,
+    CheckinOk,
+    ConfirmAnswered,
+    ConfirmFailed,
+    FetchClosure,
+    FetchDone,
+    FetchFailed,
+    FetchManifest,
+    FiredAndPolled,
+    ManifestFailed,
+    PersistedState,
+    PersistState,
+    PollTick,
+    Report,
+    ReportFailed,
+    ReportSent,
+    Rollback,
+    RollbackDone,
+    SendConfirm,
+    Sleep,
+    StatePersisted,
+    SwitchFailed,
+)
+from nixfleet.core.closure import ClosureHash
+from nixfleet.core.errors import NixfleetError, Unreachable
+from nixfleet.core.manifest_check import check_manifest
+
+from .clock import SimClock
+
+if TYPE_CHECKING:
+    from datetime import timedelta
+
+    from .world import World
+
+AGENT_VERSION = "sim"
+
+
+@dataclass(slots=True, kw_only=True)
+class HostBehaviour:
+    """What this host's hardware and closures do; faults change it at run time."""
+
+    activation_secs: tuple[float, float] = (20.0, 60.0)
+    rollback_secs: tuple[float, float] = (10.0, 30.0)
+    switch_fails: bool = False
+    closure_bytes: float = 200e6
+
+
+class SimHost:
+    def __init__(
+        self, world: World, name: str, closure: ClosureHash, skew: timedelta, seed: int
+    ) -> None:
+        self.world = world
+        self.env: simpy.Environment = world.env
+        self.name = name
+        self.rng = random.Random(seed)
+        self.clock = SimClock(world.env, world.epoch, skew)
+        self.behaviour = HostBehaviour()
+        self.profile: list[ClosureHash] = [closure]
+        """Profile generations in order; `current` is the one the system runs."""
+        self.current: ClosureHash = closure
+        self.persisted: PersistedState | None = None
+        self.session: AgentSession | None = None
+        self.process: simpy.Process | None = None
+        self.up = False
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self, delay: float = 0.0) -> None:
+        self.process = self.env.process(self._run(delay))
+
+    def crash(self) -> None:
+        """Kill the agent (not the host): its queue and memory go, the disk stays."""
+        if self.process is not None and self.process.is_alive:
+            self.process.interrupt("crash")
+        self.up = False
+        self.world.record("agent-crash", self.name)
+
+    def _run(self, delay: float) -> Generator[Any, Any, None]:
+        try:
+            yield self.env.timeout(delay)
+            state = AgentState.restore(
+                hostname=self.name, agent_version=AGENT_VERSION, persisted=self.persisted
+            )
+            self.session = AgentSession(
+                state,
+                poll_interval_secs=self.world.poll_secs,
+                jitter=lambda: self.rng.uniform(0.8, 1.2),
+            )
+            self.up = True
+            self.world.record("agent-start", self.name, closure=self.current)
+            self.session.feed(Boot(current_closure=self.current), self.clock.now())
+            while True:
+                action = self.session.next_action()
+                event = yield from self.perform(action)
+                self.session.feed(event, self.clock.now())
+        except simpy.Interrupt:
+            return
+
+    # --- actions ---------------------------------------------------------------------
+
+    def perform(self, action: AgentAction) -> Generator[Any, Any, AgentEvent]:
+        world, name = self.world, self.name
+        cp, net = world.cp, world.network
+        match action:
+            case Sleep(until=until):
+                yield self.env.timeout(self.clock.seconds_until(until))
+                return PollTick()
+            case Checkin(request=request):
+                started = self.env.now
+                req = replace(request, uptime_secs=int(self.env.now))
+                try:
+                    resp = yield from net.call(
+                        name, lambda: cp.reachable,
+                        cp.serve(lambda s: s.checkin(req, now=cp.clock.now())),
+                    )
+                except NixfleetError as exc:
+                    world.record("checkin-failed", name, reason=str(exc))
+                    return CheckinFailed(reason=str(exc))
+                target = resp.target
+                world.record(
+                    "checkin", name, latency=round(self.env.now - started, 6),
+                    closure=req.current_generation.closure_hash,
+                    target=target.closure_hash if target else None,
+                    rollback=resp.rollback is not None,
+                )
+                if target is not None:
+                    world.record("dispatch", name, rollout=target.rollout_id,
+                                 closure=target.closure_hash, wave=target.wave_index)
+                return CheckinOk(response=resp)
+            case FetchManifest(rollout_id=rid, wave_index=wave):
+                try:
+                    body, sig = yield from net.call(
+                        name, lambda: cp.reachable, cp.serve(lambda s: s.manifest(rid))
+                    )
+                except NixfleetError as exc:
+                    return ManifestFailed(kind="missing", reason=f"rollout {rid}: {exc}")
+                return check_manifest(
+                    body, sig, cp.trust, rollout_id=rid, hostname=name, wave_index=wave,
+                    now=self.clock.now(),
+                )
+            case FetchClosure(closure_hash=closure):
+                return (yield from world.cache.fetch(self, closure))
+            case Activate(closure_hash=closure):
+                world.record("activate", name, closure=closure)
+                yield self.env.timeout(self.rng.uniform(*self.behaviour.activation_secs))
+                if self.behaviour.switch_fails:
+                    world.record("activation-failed", name, closure=closure)
+                    return SwitchFailed(phase="switch-poll-timeout", exit_code=1)
+                self.profile.append(closure)
+                self.current = closure
+                world.record("activated", name, closure=closure, generation=len(self.profile))
+                return FiredAndPolled()
+            case SendConfirm(request=request):
+                try:
+                    status = yield from net.call(
+                        name, lambda: cp.reachable,
+                        cp.serve(lambda s: s.confirm(request, now=cp.clock.now())),
+                    )
+                except Unreachable as exc:
+                    world.record("confirm-failed", name, reason=str(exc))
+                    return ConfirmFailed(reason=str(exc))
+                except NixfleetError as exc:  # an HTTP error status (503 not ready, …)
+                    status = exc.http_status
+                world.record("confirm", name, rollout=request.rollout, status=status,
+                             closure=request.generation.closure_hash)
+                return ConfirmAnswered(status=status)
+            case Rollback(reason=reason):
+                yield self.env.timeout(self.rng.uniform(*self.behaviour.rollback_secs))
+                before = self.current
+                index = self.profile.index(before) if before in self.profile else len(self.profile)
+                if index == 0:
+                    world.record("rollback-failed", name, reason=reason)
+                    return RollbackDone(ok=False, phase="nix-env-rollback", exit_code=1)
+                self.current = self.profile[index - 1]
+                world.record("rollback", name, reason=reason, **{"from": before, "to": self.current})
+                return RollbackDone(ok=True, current_closure=self.current)
+            case Report() as report:
+                req = report.to_request(hostname=name, agent_version=AGENT_VERSION)
+                try:
+                    yield from net.call(
+                        name, lambda: cp.reachable,
+                        cp.serve(lambda s: s.report(req, now=cp.clock.now())),
+                    )
+                except NixfleetError as exc:
+                    return ReportFailed(reason=str(exc))
+                world.record("report", name, event=report.event, rollout=report.rollout)
+                return ReportSent()
+            case PersistState(state=state):
+                self.persisted = state
+                return StatePersisted()
+            case _:
+                assert_never(action)
+

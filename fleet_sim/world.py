@@ -1,0 +1,175 @@
+"""A simulated fleet: one clock, one CP, N hosts, a forge, a cache, a network, faults.
+
+A run is a function of (config, seed): `run(config)` returns the same history, byte
+for byte, for the same inputs. Nothing here reads the wall clock or the global RNG.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import simpy
+
+from harness.fleetgen import ChannelDecl, HostDecl, fake_closure
+from nixfleet.core.agent import Phase
+from nixfleet.core.closure import ClosureHash
+
+from .cache import SimCache
+from .clock import SimClock
+from .cp import SimCp
+from .faults import Fault, compose
+from .forge import SimForge
+from .history import History
+from .host import SimHost
+from .network import Latency, Network
+
+EPOCH = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+
+@dataclass(kw_only=True)
+class SimConfig:
+    hosts: int = 100
+    waves: int = 3
+    policy: str = "rollback-and-halt"
+    seed: int = 1
+    duration: float = 6 * 3600.0
+    """Upper bound of simulated seconds."""
+    poll_secs: float = 60.0
+    soak_minutes: int = 0
+    confirm_window_secs: int = 360
+    release_at: float = 120.0
+    """When CI publishes the new release (generation 1); generation 0 runs at start."""
+    activation_secs: tuple[float, float] = (20.0, 60.0)
+    latency: Latency = field(default_factory=Latency)
+    loss: float = 0.0
+    bandwidth: float = 100e6
+    faults: Sequence[Fault] = ()
+    stop_when_settled: bool = True
+    settle_polls: int = 5
+    epoch: datetime = EPOCH
+
+    def host_names(self) -> list[str]:
+        width = len(str(self.hosts))
+        return [f"host-{i:0{width}d}" for i in range(1, self.hosts + 1)]
+
+    def wave_plan(self) -> list[list[str]]:
+        """Waves of growing size (canary first): 1 %, then the rest split evenly."""
+        names = self.host_names()
+        if self.waves <= 1:
+            return [names]
+        first = max(1, len(names) // 100)
+        rest = names[first:]
+        per = -(-len(rest) // (self.waves - 1))
+        return [names[:first]] + [rest[i : i + per] for i in range(0, len(rest), per)]
+
+
+class World:
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.env = simpy.Environment()
+        self.epoch = config.epoch
+        self.clock = SimClock(self.env, config.epoch)
+        self.rng = random.Random(config.seed)
+        self.fault_rng = random.Random(self.rng.getrandbits(64))
+        self.history = History()
+        self.poll_secs = config.poll_secs
+        self.forge = SimForge()
+        self.cache = SimCache(
+            self.env, random.Random(self.rng.getrandbits(64)), bandwidth=config.bandwidth
+        )
+        self.network = Network(
+            self.env, random.Random(self.rng.getrandbits(64)),
+            latency=config.latency, loss=config.loss,
+        )
+        self.waves = config.wave_plan()
+        self.hosts: dict[str, SimHost] = {}
+        for name in config.host_names():
+            host = SimHost(self, name, ClosureHash(fake_closure(name, 0)),
+                           skew=self.clock.skew, seed=self.rng.getrandbits(64))
+            host.behaviour.activation_secs = config.activation_secs
+            self.hosts[name] = host
+        self.cp = SimCp(
+            self, confirm_window_secs=config.confirm_window_secs,
+            agent_poll_secs=config.poll_secs,
+        )
+        self.faults = compose(config.faults)
+        self.generation = 0
+        self.settled_at: float | None = None
+
+    def record(self, kind: str, host: str | None, **detail: Any) -> None:
+        self.history.record(self.env.now, kind, host, **detail)
+
+    # --- CI ----------------------------------------------------------------------------
+
+    def release(self, generation: int) -> None:
+        self.generation = generation
+        hosts = {
+            name: HostDecl(closure=fake_closure(name, generation)) for name in self.hosts
+        }
+        rel = self.forge.publish(
+            hosts,
+            signed_at=self.clock.now(),
+            channels={"stable": ChannelDecl(waves=self.waves, soak_minutes=self.config.soak_minutes)},
+            on_health_failure=self.config.policy,
+        )
+        self.record("release", None, number=rel.number, generation=generation,
+                    rollout=rel.rollout_ids.get("stable"))
+
+    def target(self, name: str) -> ClosureHash:
+        return ClosureHash(fake_closure(name, self.generation))
+
+    @property
+    def rollout_id(self) -> str | None:
+        latest = self.forge.latest
+        return latest.rollout_ids.get("stable") if latest else None
+
+    # --- running -----------------------------------------------------------------------
+
+    def _ci(self) -> Any:
+        yield self.env.timeout(self.config.release_at)
+        self.release(1)
+
+    def settled(self) -> bool:
+        """The newest rollout converged or halted, and no agent is mid-activation."""
+        service, rid = self.cp.service, self.rollout_id
+        if service is None or service.store is None or rid is None or self.generation < 1:
+            return False
+        ro = service.store.rollout(rid)
+        if ro is None or (ro.terminal_at is None and ro.state != "Halted"):
+            return False
+        return all(
+            h.session is None or h.session.state.phase in (Phase.IDLE,)
+            for h in self.hosts.values()
+            if h.up
+        )
+
+    def _watch(self, done: simpy.Event) -> Any:
+        while True:
+            yield self.env.timeout(self.poll_secs)
+            if self.settled():
+                self.settled_at = self.env.now
+                self.record("settled", None)
+                yield self.env.timeout(self.config.settle_polls * self.poll_secs)
+                done.succeed()
+                return
+
+    def run(self) -> World:
+        logging.getLogger("nixfleet.cp").setLevel(logging.WARNING)
+        self.release(0)
+        self.cp.start()
+        for host in self.hosts.values():
+            host.start(delay=self.rng.uniform(0, self.poll_secs))
+        self.env.process(self._ci())
+        for fault in self.faults:
+            fault.schedule(self)
+        done = self.env.event()
+        if self.config.stop_when_settled:
+            self.env.process(self._watch(done))
+        self.env.run(until=simpy.AnyOf(self.env, [done, self.env.timeout(self.config.duration)]))
+        self.record("end", None)
+        return self

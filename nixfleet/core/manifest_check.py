@@ -1,0 +1,58 @@
+"""The agent's manifest check (lifecycle §5.10), shared by the daemon and the simulator.
+
+The manifest is verified over the bytes received: CI's signature, the fixed 3600 s
+window, rejectBefore, its content hash equal to the advertised rolloutId, and this
+host listed at the target's wave.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+
+from .agent_events import ManifestFailed, ManifestOk
+from .canonical import load_json
+from .errors import ParseError, VerifyError
+from .manifest import parse_manifest
+from .trust import Trust
+from .verify import ROLLOUT_ID_MISMATCH, verify_rollout_manifest
+
+
+def check_manifest(
+    body: bytes,
+    signature: bytes | None,
+    trust: Trust,
+    *,
+    rollout_id: str,
+    hostname: str,
+    wave_index: int,
+    now: datetime,
+) -> ManifestOk | ManifestFailed:
+    if signature is None:
+        return ManifestFailed(kind="missing", reason=f"rollout {rollout_id}: no signature served")
+    try:
+        verified = verify_rollout_manifest(
+            body, signature, trust.ci_release_key, now=now, rollout_id=rollout_id
+        )
+    except VerifyError as exc:
+        if exc.reason == ROLLOUT_ID_MISMATCH:
+            return ManifestFailed(kind="mismatch", reason=str(exc))
+        return ManifestFailed(kind="verify-failed", reason=str(exc))
+    try:
+        listed = _host_set(verified.canonical, rollout_id)
+    except ParseError as exc:
+        return ManifestFailed(kind="verify-failed", reason=str(exc))
+    if (hostname, wave_index) not in listed:
+        return ManifestFailed(
+            kind="mismatch",
+            reason=f"({hostname}, wave {wave_index}) is not in rollout {rollout_id}'s hostSet",
+        )
+    return ManifestOk()
+
+
+@functools.lru_cache(maxsize=16)
+def _host_set(canonical: bytes, rollout_id: str) -> frozenset[tuple[str, int]]:
+    """The manifest's (hostname, waveIndex) pairs; memoised on the verified bytes, as
+    every host of a rollout checks the same manifest."""
+    manifest = parse_manifest(load_json(canonical), source=f"rollout {rollout_id}")
+    return frozenset((e.hostname, e.wave_index) for e in manifest.host_set)
