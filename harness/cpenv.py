@@ -17,15 +17,31 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .fleetgen import HostDecl, ReleaseKit, ci_commit, fleet_doc, revocations_doc
+import aiohttp
+
+from nixfleet.agent.csr import build_csr
+from nixfleet.core.token import dump_token, mint_token
+
+from .fleetgen import HostDecl, ReleaseKit, ci_commit, fake_closure, fleet_doc, revocations_doc
 from .forge import Forge, ForgeTls
-from .pki import AgentCert, CertPaths, Pki
+from .pki import AgentCert, CertPaths, HostKey, Pki
+
+TABLES = (
+    "pending_confirms",
+    "cert_revocations",
+    "token_replay",
+    "rollouts",
+    "host_rollout_state",
+    "host_reports",
+    "quarantined_closures",
+    "refinery_schema_history",
+)
 
 CN_SUFFIX = "fleet.test"
 READY_LINE = "control plane listening"
@@ -101,9 +117,7 @@ class CpEnv:
     release_count: int = 0
 
     @classmethod
-    def create(
-        cls, dir: Path, hosts: Mapping[str, HostDecl], *, with_forge: bool = True
-    ) -> CpEnv:
+    def create(cls, dir: Path, hosts: Mapping[str, HostDecl], *, with_forge: bool = True) -> CpEnv:
         dir.mkdir(parents=True, exist_ok=True)
         pki = Pki.create(dir / "pki", cn_suffix=CN_SUFFIX)
         kit = ReleaseKit()
@@ -116,13 +130,23 @@ class CpEnv:
         trust_path.write_text(json.dumps(kit.trust()))
         decls = {
             name: HostDecl(
-                channel=d.channel, closure=d.closure, tags=d.tags,
+                channel=d.channel,
+                closure=d.closure,
+                tags=d.tags,
                 pubkey=d.pubkey or pki.host_key(name).public_line,
             )
             for name, d in hosts.items()
         }
-        return cls(dir=dir, pki=pki, kit=kit, forge=forge, hosts=decls,
-                   db_path=dir / "state" / "state.db", trust_path=trust_path, releases=releases)
+        return cls(
+            dir=dir,
+            pki=pki,
+            kit=kit,
+            forge=forge,
+            hosts=decls,
+            db_path=dir / "state" / "state.db",
+            trust_path=trust_path,
+            releases=releases,
+        )
 
     # --- releases --------------------------------------------------------------------
 
@@ -138,8 +162,12 @@ class CpEnv:
         if hosts is not None:
             self.hosts.update(hosts)
         self.release_count += 1
-        doc = fleet_doc(self.hosts, signed_at=signed_at or datetime.now(UTC),
-                        ci_commit=ci_commit(self.release_count), **fleet_kw)
+        doc = fleet_doc(
+            self.hosts,
+            signed_at=signed_at or datetime.now(UTC),
+            ci_commit=ci_commit(self.release_count),
+            **fleet_kw,
+        )
         raw, sig = self.kit.sign(doc)
         (self.releases / name).write_bytes(raw)
         (self.releases / f"{name}.sig").write_bytes(sig)
@@ -160,7 +188,19 @@ class CpEnv:
 
     # --- the process ------------------------------------------------------------------
 
-    def args(self, *, forge: bool = True, revocations: bool = False) -> list[str]:
+    def args(
+        self,
+        *,
+        forge: bool = True,
+        revocations: bool = False,
+        upstream_ca: bool = True,
+        fleet_ca: bool = True,
+        build_time: tuple[Path, Path] | None = None,
+        audit_log: Path | None = None,
+    ) -> list[str]:
+        """`serve` flags for this environment. `upstream_ca=False` leaves the forge's
+        private CA out (the CP then trusts only the system store / `SSL_CERT_FILE`);
+        `fleet_ca=False` runs without `--fleet-ca-*` (seed 001 pre-flight 3)."""
         argv = [
             "serve",
             "--listen", f"127.0.0.1:{self.port}",
@@ -170,17 +210,27 @@ class CpEnv:
             "--trust-file", str(self.trust_path),
             "--db-path", str(self.db_path),
             "--agent-cn-suffix", CN_SUFFIX,
-            "--fleet-ca-cert", str(self.pki.ca.cert),
-            "--fleet-ca-key", str(self.pki.ca.key),
             "--tick-interval-secs", "1",
             "--sweep-interval-secs", "1",
             "--poll-interval-secs", "2",
         ]  # fmt: skip
+        if fleet_ca:
+            argv += [
+                "--fleet-ca-cert",
+                str(self.pki.ca.cert),
+                "--fleet-ca-key",
+                str(self.pki.ca.key),
+            ]
         if forge and self.forge is not None:
-            argv += ["--channel-refs-artifact-url", self.forge.url("fleet.resolved.json"),
-                     "--upstream-ca", str(self.forge.ca_cert)]
+            argv += ["--channel-refs-artifact-url", self.forge.url("fleet.resolved.json")]
+            if upstream_ca:
+                argv += ["--upstream-ca", str(self.forge.ca_cert)]
             if revocations:
                 argv += ["--revocations-artifact-url", self.forge.url("revocations.json")]
+        if build_time is not None:
+            argv += ["--artifact", str(build_time[0]), "--signature", str(build_time[1])]
+        if audit_log is not None:
+            argv += ["--audit-log", str(audit_log)]
         return argv + self.extra_args
 
     def start(
@@ -189,27 +239,44 @@ class CpEnv:
         *,
         wait: bool = True,
         env: Mapping[str, str] | None = None,
+        env_remove: Sequence[str] = (),
         timeout: float = 30.0,
     ) -> CpProcess:
+        """Run the CP; its stdout and stderr go to `cp-<n>.log` (the "journal").
+
+        `env` adds variables, `env_remove` drops inherited ones (e.g. `SSL_CERT_FILE`).
+        With `wait`, returns once the CP logs `control plane listening` and raises if
+        it exits first."""
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         log_path = self.dir / f"cp-{len(self.processes)}.log"
-        full_env = {**os.environ, **(env or {})}
+        full_env = {k: v for k, v in os.environ.items() if k not in env_remove}
+        full_env.update(env or {})
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "nixfleet.cp.main", *(args or self.args())],
-                stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
             )
         cp = CpProcess(proc=proc, log_path=log_path, port=self.port)
         self.processes.append(cp)
         if wait:
-            wait_until(lambda: READY_LINE in cp.log() or proc.poll() is not None,
-                       timeout, "control plane start")
+            wait_until(
+                lambda: READY_LINE in cp.log() or proc.poll() is not None,
+                timeout,
+                "control plane start",
+            )
             if proc.poll() is not None:
                 raise RuntimeError(f"control plane exited {proc.returncode}:\n{cp.log()}")
         return cp
 
     def url(self, path: str) -> str:
         return f"https://127.0.0.1:{self.port}{path}"
+
+    @property
+    def state_dir(self) -> Path:
+        """The directory of state.db (+ -wal, -shm), as /var/lib/nixfleet-cp is."""
+        return self.db_path.parent
 
     def agent(self, name: str) -> AgentCert:
         return self.pki.issue_agent(name)
@@ -230,3 +297,172 @@ class CpEnv:
             self.forge.stop()
 
 
+MakeEnv = Callable[..., CpEnv]
+"""A test fixture's `make_env(hosts, with_forge=True) -> CpEnv`."""
+
+
+# --- the operators' tools: bash, curl, jq, sqlite3 (shared by tests and benchmarks) ---
+
+
+def sh(cmd: str, *, cwd: Path | None = None, timeout: float = 30.0) -> str:
+    """Run a runbook command line with bash; return its stdout (fails on exit ≠ 0)."""
+    res = subprocess.run(
+        ["bash", "-c", cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    assert res.returncode == 0, f"{cmd!r} exited {res.returncode}: {res.stderr}"
+    return res.stdout
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: str
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def curl(argv: Sequence[str], *, timeout: float = 20.0) -> Reply:
+    """Run a `CpEnv.curl` argv; status 0 means no HTTP response at all."""
+    res = subprocess.run(
+        [*argv[:-1], "-w", "\n%{http_code}", argv[-1]],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    body, _, code = res.stdout.rpartition("\n")
+    return Reply(int(code or 0), body)
+
+
+def post(
+    env: CpEnv,
+    path: str,
+    body: Any,
+    *,
+    cert: CertPaths | AgentCert | None,
+    headers: Sequence[str] = (),
+) -> Reply:
+    """POST JSON with curl (no protocol header, as an operator's curl sends none)."""
+    data = body if isinstance(body, str) else json.dumps(body)
+    extra: list[str] = ["-H", "content-type: application/json", "--data-binary", data]
+    for h in headers:
+        extra += ["-H", h]
+    return curl(env.curl(path, *extra, cert=cert))
+
+
+def sqlite3(db: Path, sql: str, *, timeout: float = 10.0) -> str:
+    """`sqlite3 <db> "<sql>"`, as the cookbook runs it.
+
+    The sqlite3 shell waits for no lock: if the CP happens to hold the write lock at
+    that instant it says "database is locked", and the operator runs it again; so do
+    we, until the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        res = subprocess.run(["sqlite3", str(db), sql], capture_output=True, text=True)
+        if res.returncode == 0:
+            return res.stdout
+        if "locked" not in res.stderr or time.monotonic() > deadline:
+            raise AssertionError(f"sqlite3 {sql!r}: {res.stderr}")
+        time.sleep(0.05)
+
+
+def table_counts(db: Path) -> dict[str, int]:
+    out = sqlite3(db, "; ".join(f"SELECT '{t}', count(*) FROM {t}" for t in TABLES) + ";")
+    counts = {}
+    for line in out.splitlines():
+        name, _, n = line.partition("|")
+        counts[name] = int(n)
+    return counts
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def assert_clean_log(cp: CpProcess) -> None:
+    """No traceback, no 500 and no aiohttp handler error in the CP's log."""
+    text = cp.log()
+    for bad in ("Traceback", "Error handling request", "Unhandled exception", " 500 "):
+        assert bad not in text, f"{bad!r} in the CP log:\n{text}"
+
+
+def count_lines(cp: CpProcess, needle: str) -> int:
+    return len(cp.lines(needle))
+
+
+def wait_more_lines(cp: CpProcess, needle: str, seen: int, timeout: float = 15.0) -> None:
+    wait_until(lambda: count_lines(cp, needle) > seen, timeout, f"another {needle!r} log line")
+
+
+# --- agent bodies --------------------------------------------------------------------
+
+
+def checkin_body(host: str, closure: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "hostname": host,
+        "agentVersion": "test",
+        "currentGeneration": {"closureHash": closure, "bootId": "boot-1"},
+        "healthProbes": [],
+        **extra,
+    }
+
+
+def confirm_body(host: str, rollout: str, closure: str, wave: int = 0) -> dict[str, Any]:
+    return {
+        "hostname": host,
+        "rollout": rollout,
+        "wave": wave,
+        "generation": {"closureHash": closure, "bootId": "boot-2"},
+    }
+
+
+async def aio_post(
+    env: CpEnv,
+    path: str,
+    body: Any,
+    *,
+    identity: CertPaths | AgentCert | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, Any]:
+    """POST JSON with aiohttp (as an agent does: protocol header, its own client cert)."""
+    ctx = env.pki.client_context(identity)
+    hdrs = {"X-Nixfleet-Protocol": "1", **(headers or {})}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(env.url(path), json=body, ssl=ctx, headers=hdrs) as resp,
+    ):
+        text = await resp.text()
+        try:
+            return resp.status, json.loads(text) if text else None
+        except ValueError:
+            return resp.status, text
+
+
+def declared(*names: str, generation: int = 1, channel: str = "stable") -> dict[str, HostDecl]:
+    """Hosts on `channel`, each declaring `fake_closure(name, generation)`."""
+    return {n: HostDecl(channel=channel, closure=fake_closure(n, generation)) for n in names}
+
+
+def enroll_body(
+    env: CpEnv,
+    hostname: str,
+    *,
+    host_key: HostKey | None = None,
+    now: datetime | None = None,
+    validity: timedelta = timedelta(hours=24),
+) -> dict[str, Any]:
+    """`{token, csrPem}` as a new host sends it: a bootstrap token minted with the
+    fleet's org root key (`nixfleet mint-token`) bound to `host_key` (default: the
+    host's own SSH key), and a CSR with CN = hostname signed by that key."""
+    hk = host_key if host_key is not None else env.pki.host_key(hostname)
+    token = mint_token(
+        hostname=hostname,
+        expected_pubkey_fingerprint=hk.fingerprint,
+        org_root_key=env.kit.org_root_key,
+        now=now or datetime.now(UTC),
+        nonce_bytes=os.urandom(16),
+        validity=validity,
+    )
+    return {"token": dump_token(token), "csrPem": build_csr(hk.private_key.read_bytes(), hostname)}

@@ -43,9 +43,12 @@ def load_json(raw: bytes, *, source: str = "document") -> JsonValue:
     try:
         return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
     except json.JSONDecodeError as exc:
-        raise ParseError(
-            source, "", f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-        ) from exc
+        where = f"line {exc.lineno} column {exc.colno}"
+        raise ParseError(source, "", f"not JSON ({exc.msg} at {where})") from exc
+    except RecursionError as exc:
+        raise ParseError(source, "", "not JSON we accept (nested too deeply)") from exc
+    except ValueError as exc:  # e.g. an integer longer than Python's digit limit
+        raise ParseError(source, "", f"not JSON we accept ({exc})") from exc
 
 
 def canonicalize(raw: bytes, *, source: str = "document") -> bytes:

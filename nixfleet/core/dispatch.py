@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from .deadline import deadline_passed
 from .fleet import ROLLBACK_AND_HALT
+from .rollout_state import FAILED, REVERTED
 from .wire import FETCH_FAILED, FETCH_VERIFY_FAILED, FetchOutcome, RollbackSignal
 
 DEFAULT_CONFIRM_WINDOW = timedelta(seconds=360)
@@ -97,6 +98,7 @@ IN_FLIGHT = "in-flight"
 HOLD_AFTER_FAILURE = "hold-after-failure"
 WAVE_NOT_REACHED = "wave-not-reached"
 ROLLOUT_HALTED = "rollout-halted"
+FAILED_IN_ROLLOUT = "failed-in-rollout"
 DEFERRED_NO_REISSUE = "deferred-pending-reboot"
 
 
@@ -142,6 +144,10 @@ def _ladder(
         return NoTarget(reason=NO_DECLARATION)
     if plan.rollout_halted:
         return NoTarget(reason=ROLLOUT_HALTED)
+    if plan.participation in (FAILED, REVERTED):
+        # The same target failed here already: re-sending it would loop dispatch →
+        # failure → rollback (scenario quarantine-gate-split-brain).
+        return NoTarget(reason=FAILED_IN_ROLLOUT)
     outcome = facts.last_fetch_outcome
     if (
         outcome is not None
@@ -252,7 +258,7 @@ def rollback_signal(
     hostname: str, rollout_id: str, target_ref: str, participation: str | None, policy: str | None
 ) -> RollbackSignal | None:
     """H12: tell a Failed host to roll back while its policy is rollback-and-halt."""
-    if participation != "Failed" or policy != ROLLBACK_AND_HALT:
+    if participation != FAILED or policy != ROLLBACK_AND_HALT:
         return None
     return RollbackSignal(
         rollout=rollout_id,

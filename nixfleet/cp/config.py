@@ -54,6 +54,7 @@ class CpConfig:
     prime_timeout_secs: float = 20.0
     poll_timeout_secs: float = 15.0
     max_body_bytes: int = 1_048_576
+    snapshot_cache: Path | None = None
     strict: bool = False
 
 
@@ -87,6 +88,11 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     flag("--poll-interval-secs", type=float, default=60.0, help="upstream poll period")
     flag("--sweep-interval-secs", type=float, default=30.0, help="rollback sweep period")
     flag("--max-body-bytes", type=int, default=1_048_576, help="largest accepted request body")
+    flag(
+        "--snapshot-cache",
+        help="where the last verified upstream artifact is kept across restarts "
+        "(default: verified-fleet.json beside --db-path; 'none' disables)",
+    )
     flag("--strict", action="store_true", help="require the protocol header and all sidecars")
 
 
@@ -110,6 +116,12 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _snapshot_cache(text: str | None, db_path: Path | None) -> Path | None:
+    if text is not None:
+        return None if text.strip().lower() in ("", "none") else Path(text)
+    return db_path.parent / "verified-fleet.json" if db_path is not None else None
+
+
 def config_from_args(args: argparse.Namespace) -> CpConfig:
     host, port = _listen(args.listen)
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -118,6 +130,8 @@ def config_from_args(args: argparse.Namespace) -> CpConfig:
         raise BadInput("--fleet-ca-cert and --fleet-ca-key go together")
     if (args.artifact is None) != (args.signature is None):
         raise BadInput("--artifact and --signature go together")
+    if args.max_body_bytes < 1:
+        raise BadInput("--max-body-bytes must be ≥ 1")
     if args.confirm_deadline_secs < 1 or args.agent_cert_validity_secs < 60:
         raise BadInput("--confirm-deadline-secs must be ≥ 1 and --agent-cert-validity-secs ≥ 60")
     cfg = CpConfig(
@@ -147,6 +161,7 @@ def config_from_args(args: argparse.Namespace) -> CpConfig:
         poll_interval_secs=args.poll_interval_secs,
         sweep_interval_secs=args.sweep_interval_secs,
         max_body_bytes=args.max_body_bytes,
+        snapshot_cache=_snapshot_cache(args.snapshot_cache, args.db_path),
         strict=args.strict,
     )
     if cfg.strict and (

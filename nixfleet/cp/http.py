@@ -11,6 +11,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +43,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return "error"
+
+
 def _error_body(status: int, code: str, reason: str) -> web.Response:
     return web.json_response({"error": code, "reason": reason}, status=status)
 
@@ -58,11 +66,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except ParseError as exc:
         return _error_body(400, "bad request", exc.message)
     except NixfleetError as exc:
-        return _error_body(exc.http_status, type(exc).__name__, exc.message)
+        return _error_body(exc.http_status, _phrase(exc.http_status), exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return _error_body(exc.status, exc.reason, exc.text or exc.reason)
+        resp = _error_body(exc.status, _phrase(exc.status), exc.text or exc.reason)
+        if "Allow" in exc.headers:  # 405 says which methods the route has
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp
 
 
 @web.middleware
@@ -125,7 +136,14 @@ def _peer(request: web.Request) -> Peer:
 
 
 async def _body(request: web.Request, what: str) -> Any:
-    return load_json(await request.read(), source=what)
+    raw = await request.read()
+    try:
+        return load_json(raw, source=what)
+    except RecursionError:
+        raise ApiError(400, "bad request", f"{what}: JSON nested too deeply") from None
+    except ValueError as exc:
+        # e.g. an integer literal past Python's digit limit; load_json lets it through.
+        raise ApiError(400, "bad request", f"{what}: not JSON ({exc})") from None
 
 
 def _same_host(peer: Peer, hostname: str) -> None:

@@ -26,6 +26,7 @@ from nixfleet.logsetup import configure_logging
 from . import issuance
 from .config import CpConfig, add_serve_flags, config_from_args
 from .http import build_app
+from .migrate import MigrationError
 from .runtime import CpRuntime
 from .service import CpService, ServiceSettings
 from .store import Store
@@ -133,6 +134,17 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging()
     try:
         return asyncio.run(serve(cfg))
+    except MigrationError as exc:
+        # First line exactly refinery's message (seed 000 greps it), then the way out.
+        hint = exc.hint
+        if hint is not None and cfg.db_path is not None:
+            db = cfg.db_path
+            hint = (
+                "hint: this DB was made by another CP version; wipe it (disaster-recovery "
+                "runbook, step 2; the DB is not load-bearing): stop the service, "
+                f"rm -f {db} {db}-wal {db}-shm, start it again"
+            )
+        raise BadInput(f"{exc}\n{hint}" if hint else str(exc)) from exc
     except NixfleetError as exc:
         hint = getattr(exc, "hint", None)
         raise BadInput(f"{exc}\n{hint}" if hint else str(exc)) from exc

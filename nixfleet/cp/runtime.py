@@ -8,8 +8,11 @@ private CA the host trusts must work). A failed poll keeps the previous state.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -26,6 +29,7 @@ from .service import CpService
 log = logging.getLogger("nixfleet.cp")
 
 PRUNE_INTERVAL_SECS = 3600.0
+SOURCE_CACHE = "cache"
 
 
 class UpstreamError(NixfleetError):
@@ -76,6 +80,55 @@ async def fetch_pair(
     return out[0], out[1]
 
 
+class SnapshotCache:
+    """The last verified upstream fleet artifact, kept on disk across restarts.
+
+    Seed 000 "stair-steps backwards": a CP restarted while the forge is down must not
+    fall back to the (always older) build-time artifact when it had verified a newer
+    one before. The file holds the signed bytes and their signature, which are
+    verified again on load, so it is no trust root: a tampered or stale file is
+    simply refused. It is written atomically (temp file, fsync, rename).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._saved: bytes | None = None
+
+    def load(self) -> tuple[bytes, bytes] | None:
+        try:
+            doc = json.loads(self.path.read_bytes())
+            raw = base64.b64decode(doc["artifact"], validate=True)
+            sig = base64.b64decode(doc["signature"], validate=True)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("channel-refs: snapshot cache %s unreadable, ignored (%s)", self.path, exc)
+            return None
+        self._saved = raw
+        return raw, sig
+
+    def save(self, raw: bytes, sig: bytes) -> None:
+        if raw == self._saved:
+            return
+        doc = {
+            "schemaVersion": 1,
+            "artifact": base64.b64encode(raw).decode("ascii"),
+            "signature": base64.b64encode(sig).decode("ascii"),
+        }
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("wb") as fh:
+                fh.write(json.dumps(doc).encode())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("channel-refs: cannot write snapshot cache %s (%s)", self.path, exc)
+            return
+        self._saved = raw
+
+
 class CpRuntime:
     """Owns the upstream HTTP session and the CP's periodic tasks."""
 
@@ -84,7 +137,7 @@ class CpRuntime:
         self.service = service
         self.session: aiohttp.ClientSession | None = None
         self.tasks: list[asyncio.Task[None]] = []
-        self._warned: set[str] = set()
+        self.cache = SnapshotCache(config.snapshot_cache) if config.snapshot_cache else None
 
     async def start(self) -> None:
         """Prime synchronously, then start the loops. Runs before the port binds."""
@@ -134,7 +187,9 @@ class CpRuntime:
     # --- prime and polls -------------------------------------------------------------
 
     async def prime(self) -> None:
-        """Upstream first (seed 000 stair-step fix); the build-time artifact only if it fails."""
+        """Upstream first (seed 000 stair-step fix), then the last verified upstream
+        artifact from the cache; the build-time artifact only if both fail. Whatever
+        the order, the snapshot never goes back to an older `signedAt`."""
         if self.config.channel_refs is not None:
             ok = await self._poll_channel_refs(timeout=self.config.prime_timeout_secs)
             if ok:
@@ -142,9 +197,22 @@ class CpRuntime:
                     "channel-refs: primed verified-fleet from channel-refs source before "
                     "opening listener"
                 )
+        self.offer_cache()
         if self.service.snapshot is None:
             self.offer_build_time()
         await self._poll_sidecars()
+
+    def offer_cache(self) -> bool:
+        if self.cache is None:
+            return False
+        pair = self.cache.load()
+        if pair is None:
+            return False
+        try:
+            return self.service.offer_fleet(pair[0], pair[1], now=utc_now(), source=SOURCE_CACHE)
+        except NixfleetError as exc:
+            log.warning("channel-refs: snapshot cache %s rejected: %s", self.cache.path, exc)
+        return False
 
     def offer_build_time(self) -> bool:
         cfg = self.config
@@ -167,7 +235,9 @@ class CpRuntime:
             return False
         try:
             raw, sig = await fetch_pair(self._session(), up, timeout)
-            self.service.offer_fleet(raw, sig, now=utc_now(), source=SOURCE_UPSTREAM)
+            installed = self.service.offer_fleet(raw, sig, now=utc_now(), source=SOURCE_UPSTREAM)
+            if installed and self.cache is not None:
+                self.cache.save(raw, sig)
             return True
         except NixfleetError as exc:
             self._poll_failed("channel-refs", exc)

@@ -19,8 +19,9 @@ from typing import Any
 from nixfleet.core import actions as act
 from nixfleet.core import dispatch as dec
 from nixfleet.core import wire
+from nixfleet.core.canonical import canonicalize, sha256_hex
 from nixfleet.core.errors import NixfleetError, VerifyError
-from nixfleet.core.gates import GateMode, GateView, first_block
+from nixfleet.core.gates import GateMode, GateView, first_block, needs_host_states
 from nixfleet.core.hostkey import fingerprint, parse_public_line
 from nixfleet.core.manifest import manifest_bytes
 from nixfleet.core.observed import Deferral, Observed
@@ -71,6 +72,8 @@ class _Memory:
     last_deferrals: dict[str, Deferral] = field(default_factory=dict)
     allowlist: dict[str, BootstrapNonce] | None = None
     revocations_primed: bool = False
+    refused: set[str] = field(default_factory=set)
+    """fleet hashes of artifacts already refused as older than the snapshot."""
 
 
 class CpService:
@@ -83,6 +86,7 @@ class CpService:
         fleet_ca: issuance.FleetCa | None = None,
         audit: Callable[[str], None] | None = None,
         metrics: CpMetrics | None = None,
+        manifest_source: Callable[[str], tuple[bytes, bytes] | None] | None = None,
     ) -> None:
         self.store = store
         self.trust = trust
@@ -90,9 +94,12 @@ class CpService:
         self.fleet_ca = fleet_ca
         self.audit = audit
         self.metrics = metrics or CpMetrics()
+        self.manifest_source = manifest_source
+        """rolloutId → (manifest bytes, raw CI signature), e.g. `--rollouts-dir`."""
         self.snapshot: FleetSnapshot | None = None
         self.last_tick_at: datetime | None = None
         self.mem = _Memory()
+        self._gate_cache: tuple[tuple[int, str], GateView] | None = None
 
     # --- readiness and snapshots ---------------------------------------------------
 
@@ -120,12 +127,16 @@ class CpService:
         candidate = snapshot_from_verified(verified, source=source)
         current = self.snapshot
         if not replaces(current, candidate):
-            log.info(
-                "channel-refs: keeping newer snapshot signed_at=%s; %s artifact signed_at=%s",
-                current.signed_at_text if current else None,
-                source,
-                candidate.signed_at_text,
-            )
+            # Said once per refused artifact: the build-time one is re-offered every tick.
+            if candidate.fleet_hash not in self.mem.refused:
+                self.mem.refused.add(candidate.fleet_hash)
+                log.info(
+                    "channel-refs: keeping newer snapshot signed_at=%s; %s artifact "
+                    "signed_at=%s is older",
+                    current.signed_at_text if current else None,
+                    source,
+                    candidate.signed_at_text,
+                )
             return False
         was_ready = self.ready
         self.snapshot = candidate
@@ -216,24 +227,38 @@ class CpService:
             participation=part.host_state if part is not None else None,
         )
 
-    def observed(self, now: datetime) -> Observed:
+    def observed(self, now: datetime, *, for_gates: bool = False) -> Observed:
+        """The reconciler's view of the fleet; `for_gates` builds only what the gates
+        read (no host observations; per-host rollout states only if a gate needs them)."""
         snap = self._snapshot()
         store = self._store()
+        states = not for_gates or needs_host_states(snap.fleet)
         checkins = {
             h: HostCheckin(at=at, current_closure=req.current_generation.closure_hash)
-            for h, (at, req) in self.mem.checkins.items()
+            for h, (at, req) in (self.mem.checkins.items() if not for_gates else ())
         }
         return project_observed(
             snap,
             store.rollout_rows(),
-            store.participation_rows(),
-            store.latest_dispatch_rows(),
+            store.participation_rows() if states else (),
+            store.latest_dispatch_rows() if states else (),
             checkins,
             now=now,
             poll=self.settings.agent_poll,
             quarantined=store.quarantined(),
             last_deferrals=self.mem.last_deferrals,
+            with_host_states=states,
+            with_hosts=not for_gates,
         )
+
+    def _gate_view(self, snap: FleetSnapshot, now: datetime) -> GateView:
+        """The gates' view, rebuilt only after a write (gates never read `now`-based
+        online status, so the store's write count and the snapshot key it)."""
+        key = (self._store().writes, snap.fleet_hash)
+        if self._gate_cache is None or self._gate_cache[0] != key:
+            observed = self.observed(now, for_gates=True)
+            self._gate_cache = (key, GateView.of(observed))
+        return self._gate_cache[1]
 
     def checkin(self, req: wire.CheckinRequest, *, now: datetime) -> wire.CheckinResponse:
         host = req.hostname
@@ -264,8 +289,10 @@ class CpService:
             plan = self._plan(snap, host)
             op = store.latest_dispatch(host)
             op_row = op.as_op_row() if op is not None else None
-        gate = self._gate(snap, host, now) if plan.declared else None
-        decision = dec.decide_checkin(facts, plan, op_row, gate, now, self.settings.confirm_window)
+        decision = dec.decide_checkin(
+            facts, plan, op_row, lambda: self._gate(snap, host, now), now,
+            self.settings.confirm_window,
+        )
         target = None
         if isinstance(decision, dec.Dispatch):
             target = self._dispatch(snap, host, decision, now)
@@ -342,9 +369,8 @@ class CpService:
         return verify_signature(key, payload, sig)
 
     def _gate(self, snap: FleetSnapshot, host: str, now: datetime) -> str | None:
-        observed = self.observed(now)
         channel = snap.fleet.hosts[host].channel
-        view = GateView.of(observed)
+        view = self._gate_view(snap, now)
         rollout = view.first_rollout_on(channel)
         reason = first_block(snap.fleet, view, host, rollout, GateMode.DISPATCH)
         if reason is not None:
@@ -535,6 +561,9 @@ class CpService:
         if csr.fingerprint != claims.expected_pubkey_fingerprint:
             raise unauthorized("CSR key does not match expectedPubkeyFingerprint")
         self._check_declared_key(claims.hostname, csr)
+        # The CA check comes before the nonce is consumed (the reference checks it
+        # last): a CP started without a fleet CA must not burn a valid token.
+        self._fleet_ca()
         if not store.record_nonce(claims.nonce, claims.hostname, now=now):
             raise ApiError(409, "conflict", f"token nonce {claims.nonce} already used")
         issued = self._issue(
@@ -567,6 +596,16 @@ class CpService:
         if fingerprint(declared.raw) != csr.fingerprint:
             raise unauthorized(f"CSR key is not the declared SSH host key of {hostname}")
 
+    def _fleet_ca(self) -> issuance.FleetCa:
+        if self.fleet_ca is None:
+            raise ApiError(
+                500,
+                "no fleet CA",
+                "this control plane has no fleet CA: enroll and renew need --fleet-ca-cert "
+                "and --fleet-ca-key (checkins with existing certificates keep working)",
+            )
+        return self.fleet_ca
+
     def _issue(
         self,
         csr: issuance.Csr,
@@ -576,12 +615,8 @@ class CpService:
         context: str,
         requester: str | None,
     ) -> wire.CertIssued:
-        if self.fleet_ca is None:
-            raise ApiError(
-                500, "no fleet CA", "enroll/renew need --fleet-ca-cert and --fleet-ca-key"
-            )
         pem, not_after = issuance.issue_agent_cert(
-            self.fleet_ca,
+            self._fleet_ca(),
             csr,
             machine_id,
             self.settings.agent_cn_suffix,
@@ -733,6 +768,13 @@ class CpService:
         snap = self._snapshot()
         if len(rid) != 64 or any(c not in "0123456789abcdef" for c in rid):
             raise ApiError(404, "not found", "rollout id must be 64 lowercase hex characters")
+        found = self.manifest_source(rid) if self.manifest_source is not None else None
+        if found is not None:
+            body, sig = found
+            # The CP relays CI's signed manifest and checks only that it is the one named.
+            if sha256_hex(canonicalize(body, source=f"rollout {rid}")) != rid:
+                raise ApiError(500, "internal", f"manifest source: content does not hash to {rid}")
+            return body, sig
         m = snap.manifest_by_id(rid)
         if m is None:
             raise ApiError(404, "not found", f"unknown rollout {rid}")
