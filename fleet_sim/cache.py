@@ -36,7 +36,7 @@ class SimCache:
     ) -> Generator[Any, Any, FetchDone | FetchFailed]:
         world = host.world
         if closure in host.profile:
-            return FetchDone()  # already in the local store
+            return FetchDone()  # already in the local store (a profile keeps it alive)
         if not self.up:
             yield self.env.timeout(1.0)
             world.record("fetch-failed", host.name, closure=closure, reason="cache unreachable")

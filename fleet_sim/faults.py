@@ -182,6 +182,26 @@ class ActivationFailures(Fault):
 
 
 @dataclass(kw_only=True)
+class HealthFailures(Fault):
+    """New closures switch fine on these hosts but fail their health probe: the CP's
+    health sweep (H11) fails them and the rollout policy decides what happens."""
+
+    hosts: HostPick = 0.1
+    from_generation: int = 1
+    picked: list[str] = field(default_factory=list)
+
+    def invoke(self, world: World) -> dict[str, Any]:
+        self.picked = pick_hosts(world, self.hosts, world.fault_rng)
+        for h in self.picked:
+            world.hosts[h].behaviour.unhealthy_after = self.from_generation
+        return {"hosts": len(self.picked)}
+
+    def heal(self, world: World) -> None:
+        for h in self.picked:
+            world.hosts[h].behaviour.unhealthy_after = None
+
+
+@dataclass(kw_only=True)
 class SlowActivation(Fault):
     hosts: HostPick = 0.1
     seconds: tuple[float, float] = (200.0, 290.0)
@@ -243,6 +263,6 @@ FAULTS: dict[str, type[Fault]] = {
     cls.__name__: cls
     for cls in (
         Partition, Loss, CpCrash, CpWipe, CacheOutage, ForgeOutage, LinkDrop,
-        ActivationFailures, SlowActivation, AgentCrash, ClockSkew,
+        ActivationFailures, HealthFailures, SlowActivation, AgentCrash, ClockSkew,
     )
 }  # fmt: skip

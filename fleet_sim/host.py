@@ -48,6 +48,7 @@ from nixfleet.core.agent import (
 from nixfleet.core.closure import ClosureHash
 from nixfleet.core.errors import NixfleetError, Unreachable
 from nixfleet.core.manifest_check import check_manifest
+from nixfleet.core.wire import PROBE_FAIL, PROBE_PASS, HealthProbe
 
 from .clock import SimClock
 
@@ -66,6 +67,9 @@ class HostBehaviour:
     activation_secs: tuple[float, float] = (20.0, 60.0)
     rollback_secs: tuple[float, float] = (10.0, 30.0)
     switch_fails: bool = False
+    """The new closure's switch-to-configuration exits non-zero."""
+    unhealthy_after: int | None = None
+    """Closures of this generation or later switch fine but fail their health probe."""
     closure_bytes: float = 200e6
 
 
@@ -80,8 +84,11 @@ class SimHost:
         self.clock = SimClock(world.env, world.epoch, skew)
         self.behaviour = HostBehaviour()
         self.profile: list[ClosureHash] = [closure]
-        """Profile generations in order; `current` is the one the system runs."""
+        """System profile generations, oldest first."""
+        self.generation = 0
+        """Index of the profile's current generation (`nix-env --rollback` moves it)."""
         self.current: ClosureHash = closure
+        """What the system runs (`/run/current-system`)."""
         self.persisted: PersistedState | None = None
         self.session: AgentSession | None = None
         self.process: simpy.Process | None = None
@@ -120,6 +127,12 @@ class SimHost:
         except simpy.Interrupt:
             return
 
+    def _probe(self) -> HealthProbe:
+        """The host's one health probe, as the daemon's health checker reports it."""
+        bad = self.behaviour.unhealthy_after
+        failing = bad is not None and self.world.generation_of(self.name, self.current) >= bad
+        return HealthProbe(name="app", kind="http", status=PROBE_FAIL if failing else PROBE_PASS)
+
     # --- actions ---------------------------------------------------------------------
 
     def perform(self, action: AgentAction) -> Generator[Any, Any, AgentEvent]:
@@ -131,7 +144,12 @@ class SimHost:
                 return PollTick()
             case Checkin(request=request):
                 started = self.env.now
-                req = replace(request, uptime_secs=int(self.env.now))
+                req = replace(
+                    request,
+                    uptime_secs=int(self.env.now),
+                    health_probes=(self._probe(),),
+                    health_check_mode="enforce",
+                )
                 try:
                     resp = yield from net.call(
                         name, lambda: cp.reachable,
@@ -166,13 +184,16 @@ class SimHost:
                 return (yield from world.cache.fetch(self, closure))
             case Activate(closure_hash=closure):
                 world.record("activate", name, closure=closure)
+                # nix-env --set: a new generation unless it is the newest already.
+                if self.profile[-1] != closure:
+                    self.profile.append(closure)
+                self.generation = len(self.profile) - 1
                 yield self.env.timeout(self.rng.uniform(*self.behaviour.activation_secs))
                 if self.behaviour.switch_fails:
                     world.record("activation-failed", name, closure=closure)
                     return SwitchFailed(phase="switch-poll-timeout", exit_code=1)
-                self.profile.append(closure)
                 self.current = closure
-                world.record("activated", name, closure=closure, generation=len(self.profile))
+                world.record("activated", name, closure=closure, generation=self.generation)
                 return FiredAndPolled()
             case SendConfirm(request=request):
                 try:
@@ -191,11 +212,12 @@ class SimHost:
             case Rollback(reason=reason):
                 yield self.env.timeout(self.rng.uniform(*self.behaviour.rollback_secs))
                 before = self.current
-                index = self.profile.index(before) if before in self.profile else len(self.profile)
-                if index == 0:
+                if self.generation == 0:
                     world.record("rollback-failed", name, reason=reason)
                     return RollbackDone(ok=False, phase="nix-env-rollback", exit_code=1)
-                self.current = self.profile[index - 1]
+                # nix-env --rollback, then the older generation's own switch.
+                self.generation -= 1
+                self.current = self.profile[self.generation]
                 world.record("rollback", name, reason=reason, **{"from": before, "to": self.current})
                 return RollbackDone(ok=True, current_closure=self.current)
             case Report() as report:

@@ -123,6 +123,13 @@ class World:
     def target(self, name: str) -> ClosureHash:
         return ClosureHash(fake_closure(name, self.generation))
 
+    def generation_of(self, name: str, closure: str) -> int:
+        """Which release generation a host's closure belongs to (-1: unknown)."""
+        for gen in range(self.generation, -1, -1):
+            if fake_closure(name, gen) == closure:
+                return gen
+        return -1
+
     @property
     def rollout_id(self) -> str | None:
         latest = self.forge.latest

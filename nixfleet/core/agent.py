@@ -260,7 +260,10 @@ def _watchdog_rollback(state: AgentState) -> Step:
             reason=WATCHDOG_REASON,
             rollout=rollout,
             restores=state.previous,
-            record_failure=True,
+            # Silence is not evidence against the closure: the CP or the link may be
+            # down. Counting it would quarantine a good closure for 24 h after any
+            # partition longer than the confirm window; the CP re-dispatches instead.
+            record_failure=False,
         ),
     )
 

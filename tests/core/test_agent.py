@@ -201,7 +201,7 @@ WATCHDOG_PLAN = RollbackPlan(
     reason=WATCHDOG_REASON,
     rollout=RID,
     restores=OLD,
-    record_failure=True,
+    record_failure=False,
 )
 FAILED_NEW = LastFailedClosure(
     closure_hash=NEW,
@@ -844,16 +844,9 @@ def _rollback_cases() -> list[Case]:
     rolling_watchdog = replace(
         CONFIRMING, phase=Phase.ROLLING_BACK, rollback=WATCHDOG_PLAN, confirm_deadline=None
     )
-    watchdog_failed = LastFailedClosure(
-        closure_hash=NEW,
-        channel_ref=RID,
-        failure_count=1,
-        last_failure_at=at,
-        reason=WATCHDOG_REASON,
-    )
+    # Silence is not held against the closure: no last_failed_closure entry.
     after_watchdog_p = persisted(
         last_fetch_outcome=wire.FetchOutcome(result="ok", rollout_id=RID),
-        last_failed_closure=watchdog_failed,
     )
     rolling_410 = replace(
         CONFIRMING,
@@ -913,7 +906,7 @@ def _rollback_cases() -> list[Case]:
             ],
         ),
         Case(
-            "watchdog rollback ok => back on previous, closure quarantined, report",
+            "watchdog rollback ok => back on previous, not quarantined, report",
             rolling_watchdog,
             RollbackDone(ok=True, current_closure=OLD),
             at,
