@@ -743,7 +743,8 @@ MAX_BACKOFF_EXPONENT = 3
 
 
 def checkin_backoff(poll_interval_secs: float, failures: int, jitter: float) -> timedelta:
-    """`poll × 2^min(failures, 3) × jitter` (lifecycle §5.1; jitter is ±20 % there)."""
+    """`poll × 2^min(failures, 3) × jitter` (lifecycle §5.1; jitter is ±20 % there);
+    `failures` counts the consecutive failed checkins before the one just failed."""
     return timedelta(
         seconds=poll_interval_secs * 2 ** min(max(failures, 0), MAX_BACKOFF_EXPONENT) * jitter
     )
@@ -834,7 +835,10 @@ class AgentSession:
             factor = self._jitter()
             if not factor > 0:
                 raise BadInput(f"agent session: jitter factor {factor!r} (must be positive)")
-            return now + checkin_backoff(self._poll, new.checkin_failures, factor)
+            # The exponent counts the failures before this one: the first failed
+            # checkin retries after one poll, so agents are back within 70–120 s of
+            # a CP restart (seed 001), and repeated failures back off from there.
+            return now + checkin_backoff(self._poll, new.checkin_failures - 1, factor)
         if isinstance(event, ConfirmAnswered | ConfirmFailed) and (
             new.phase is Phase.CONFIRM_WINDOW
         ):

@@ -1356,7 +1356,8 @@ def test_session_backoff_uses_the_injected_jitter() -> None:
     factors = iter([1.1, 0.9, 1.2, 0.8])
     session = new_session(poll_interval_secs=60, jitter=lambda: next(factors))
     now = NOW
-    expected = [132, 216, 576, 384]
+    # 60 × 2^(failures before) × jitter: 60·1.1, 120·0.9, 240·1.2, 480·0.8
+    expected = [66, 108, 288, 384]
     for delay in expected:
         session.feed(PollTick(), now)
         assert isinstance(drain(session)[-1], Checkin)
