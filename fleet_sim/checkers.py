@@ -77,11 +77,16 @@ def converged_or_accounted(world: World) -> Verdict:
                     explained.update(wave)
     unexplained = sorted(set(world.hosts) - _converged_hosts(world) - explained)
     if unexplained:
-        return Verdict("converged-or-accounted", False,
-                       f"{len(unexplained)} hosts neither converged nor accounted for: "
-                       f"{unexplained[:5]}")
-    return Verdict("converged-or-accounted", True,
-                   f"{len(_converged_hosts(world))} converged, {len(explained)} accounted for")
+        return Verdict(
+            "converged-or-accounted",
+            False,
+            f"{len(unexplained)} hosts neither converged nor accounted for: {unexplained[:5]}",
+        )
+    return Verdict(
+        "converged-or-accounted",
+        True,
+        f"{len(_converged_hosts(world))} converged, {len(explained)} accounted for",
+    )
 
 
 def rollout_finished(world: World) -> Verdict:
@@ -104,8 +109,7 @@ def no_needless_410(world: World) -> Verdict:
     bad = [
         f"{op.host}@{op.t:.0f}s"
         for op in world.history.of("confirm")
-        if op.detail.get("status") == 410
-        and op.detail.get("closure") == world.target(str(op.host))
+        if op.detail.get("status") == 410 and op.detail.get("closure") == world.target(str(op.host))
     ]
     if bad:
         return Verdict("no-needless-410", False, f"{len(bad)} confirms of the target got 410")
@@ -141,7 +145,7 @@ def run_checkers(world: World, checkers: Sequence[Checker]) -> list[Verdict]:
     for checker in checkers:
         try:
             out.append(checker(world))
-        except Exception as exc:  # noqa: BLE001 - a crashing checker is "unknown"
+        except Exception as exc:
             out.append(Verdict(getattr(checker, "__name__", "checker"), None, f"raised {exc!r}"))
     return out
 
@@ -152,8 +156,15 @@ def passed(verdicts: Sequence[Verdict]) -> bool:
 
 
 CLEAN_RUN: list[Checker] = [
-    no_ghost_loops, activated_once, all_converged, rollout_finished, no_needless_410,
+    no_ghost_loops,
+    activated_once,
+    all_converged,
+    rollout_finished,
+    no_needless_410,
 ]
 DEFAULT: list[Checker] = [
-    no_ghost_loops, converged_or_accounted, rollout_finished, no_needless_410,
+    no_ghost_loops,
+    converged_or_accounted,
+    rollout_finished,
+    no_needless_410,
 ]

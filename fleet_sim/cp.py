@@ -50,7 +50,11 @@ class SimCp:
         self.service: CpService | None = None
         self.up = False
         self.boots = 0
-        for period, job in ((TICK_SECS, self._tick), (SWEEP_SECS, self._sweep), (POLL_SECS, self._poll)):
+        for period, job in (
+            (TICK_SECS, self._tick),
+            (SWEEP_SECS, self._sweep),
+            (POLL_SECS, self._poll),
+        ):
             self.env.process(self._every(period, job))
 
     # --- lifecycle ------------------------------------------------------------------

@@ -23,7 +23,7 @@ HostPick = Sequence[str] | float
 
 def pick_hosts(world: World, pick: HostPick, rng: random.Random) -> list[str]:
     names = sorted(world.hosts)
-    if isinstance(pick, float | int) and not isinstance(pick, bool):
+    if isinstance(pick, float | int):
         count = round(len(names) * float(pick))
         return sorted(rng.sample(names, count))
     unknown = [h for h in pick if h not in world.hosts]

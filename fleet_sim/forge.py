@@ -12,9 +12,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from harness.fleetgen import ChannelDecl, HostDecl, ReleaseKit, ci_commit, fleet_doc
-from nixfleet.core.fleet import parse_fleet
-from nixfleet.core.manifest import manifest_bytes, project_manifests, rollout_id
-from nixfleet.core.signing import sign
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +48,8 @@ class SimForge:
         )
         raw, sig = self.kit.sign(doc)
         ids: dict[str, str] = {}
-        for channel, manifest in project_manifests(parse_fleet(doc), raw).items():
-            body = manifest_bytes(manifest)
-            rid = rollout_id(manifest)
-            self.manifests[rid] = (body, sign(self.kit.release_key, body))
+        for channel, (rid, body, manifest_sig) in self.kit.sign_manifests(raw).items():
+            self.manifests[rid] = (body, manifest_sig)
             ids[channel] = rid
         release = Release(number, raw, sig, signed_at, ids)
         self.releases.append(release)

@@ -27,8 +27,6 @@ from nixfleet.core.agent import (
     ConfirmAnswered,
     ConfirmFailed,
     FetchClosure,
-    FetchDone,
-    FetchFailed,
     FetchManifest,
     FiredAndPolled,
     ManifestFailed,
@@ -152,7 +150,8 @@ class SimHost:
                 )
                 try:
                     resp = yield from net.call(
-                        name, lambda: cp.reachable,
+                        name,
+                        lambda: cp.reachable,
                         cp.serve(lambda s: s.checkin(req, now=cp.clock.now())),
                     )
                 except NixfleetError as exc:
@@ -160,14 +159,21 @@ class SimHost:
                     return CheckinFailed(reason=str(exc))
                 target = resp.target
                 world.record(
-                    "checkin", name, latency=round(self.env.now - started, 6),
+                    "checkin",
+                    name,
+                    latency=round(self.env.now - started, 6),
                     closure=req.current_generation.closure_hash,
                     target=target.closure_hash if target else None,
                     rollback=resp.rollback is not None,
                 )
                 if target is not None:
-                    world.record("dispatch", name, rollout=target.rollout_id,
-                                 closure=target.closure_hash, wave=target.wave_index)
+                    world.record(
+                        "dispatch",
+                        name,
+                        rollout=target.rollout_id,
+                        closure=target.closure_hash,
+                        wave=target.wave_index,
+                    )
                 return CheckinOk(response=resp)
             case FetchManifest(rollout_id=rid, wave_index=wave):
                 try:
@@ -177,7 +183,12 @@ class SimHost:
                 except NixfleetError as exc:
                     return ManifestFailed(kind="missing", reason=f"rollout {rid}: {exc}")
                 return check_manifest(
-                    body, sig, cp.trust, rollout_id=rid, hostname=name, wave_index=wave,
+                    body,
+                    sig,
+                    cp.trust,
+                    rollout_id=rid,
+                    hostname=name,
+                    wave_index=wave,
                     now=self.clock.now(),
                 )
             case FetchClosure(closure_hash=closure):
@@ -198,7 +209,8 @@ class SimHost:
             case SendConfirm(request=request):
                 try:
                     status = yield from net.call(
-                        name, lambda: cp.reachable,
+                        name,
+                        lambda: cp.reachable,
                         cp.serve(lambda s: s.confirm(request, now=cp.clock.now())),
                     )
                 except Unreachable as exc:
@@ -206,8 +218,13 @@ class SimHost:
                     return ConfirmFailed(reason=str(exc))
                 except NixfleetError as exc:  # an HTTP error status (503 not ready, …)
                     status = exc.http_status
-                world.record("confirm", name, rollout=request.rollout, status=status,
-                             closure=request.generation.closure_hash)
+                world.record(
+                    "confirm",
+                    name,
+                    rollout=request.rollout,
+                    status=status,
+                    closure=request.generation.closure_hash,
+                )
                 return ConfirmAnswered(status=status)
             case Rollback(reason=reason):
                 yield self.env.timeout(self.rng.uniform(*self.behaviour.rollback_secs))
@@ -218,14 +235,17 @@ class SimHost:
                 # nix-env --rollback, then the older generation's own switch.
                 self.generation -= 1
                 self.current = self.profile[self.generation]
-                world.record("rollback", name, reason=reason, **{"from": before, "to": self.current})
+                world.record(
+                    "rollback", name, reason=reason, **{"from": before, "to": self.current}
+                )
                 return RollbackDone(ok=True, current_closure=self.current)
             case Report() as report:
-                req = report.to_request(hostname=name, agent_version=AGENT_VERSION)
+                report_body = report.to_request(hostname=name, agent_version=AGENT_VERSION)
                 try:
                     yield from net.call(
-                        name, lambda: cp.reachable,
-                        cp.serve(lambda s: s.report(req, now=cp.clock.now())),
+                        name,
+                        lambda: cp.reachable,
+                        cp.serve(lambda s: s.report(report_body, now=cp.clock.now())),
                     )
                 except NixfleetError as exc:
                     return ReportFailed(reason=str(exc))
@@ -236,4 +256,3 @@ class SimHost:
                 return StatePersisted()
             case _:
                 assert_never(action)
-

@@ -83,18 +83,26 @@ class World:
             self.env, random.Random(self.rng.getrandbits(64)), bandwidth=config.bandwidth
         )
         self.network = Network(
-            self.env, random.Random(self.rng.getrandbits(64)),
-            latency=config.latency, loss=config.loss,
+            self.env,
+            random.Random(self.rng.getrandbits(64)),
+            latency=config.latency,
+            loss=config.loss,
         )
         self.waves = config.wave_plan()
         self.hosts: dict[str, SimHost] = {}
         for name in config.host_names():
-            host = SimHost(self, name, ClosureHash(fake_closure(name, 0)),
-                           skew=self.clock.skew, seed=self.rng.getrandbits(64))
+            host = SimHost(
+                self,
+                name,
+                ClosureHash(fake_closure(name, 0)),
+                skew=self.clock.skew,
+                seed=self.rng.getrandbits(64),
+            )
             host.behaviour.activation_secs = config.activation_secs
             self.hosts[name] = host
         self.cp = SimCp(
-            self, confirm_window_secs=config.confirm_window_secs,
+            self,
+            confirm_window_secs=config.confirm_window_secs,
             agent_poll_secs=config.poll_secs,
         )
         self.faults = compose(config.faults)
@@ -108,17 +116,22 @@ class World:
 
     def release(self, generation: int) -> None:
         self.generation = generation
-        hosts = {
-            name: HostDecl(closure=fake_closure(name, generation)) for name in self.hosts
-        }
+        hosts = {name: HostDecl(closure=fake_closure(name, generation)) for name in self.hosts}
         rel = self.forge.publish(
             hosts,
             signed_at=self.clock.now(),
-            channels={"stable": ChannelDecl(waves=self.waves, soak_minutes=self.config.soak_minutes)},
+            channels={
+                "stable": ChannelDecl(waves=self.waves, soak_minutes=self.config.soak_minutes)
+            },
             on_health_failure=self.config.policy,
         )
-        self.record("release", None, number=rel.number, generation=generation,
-                    rollout=rel.rollout_ids.get("stable"))
+        self.record(
+            "release",
+            None,
+            number=rel.number,
+            generation=generation,
+            rollout=rel.rollout_ids.get("stable"),
+        )
 
     def target(self, name: str) -> ClosureHash:
         return ClosureHash(fake_closure(name, self.generation))

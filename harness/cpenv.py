@@ -156,6 +156,7 @@ class CpEnv:
         *,
         signed_at: datetime | None = None,
         name: str = "fleet.resolved.json",
+        manifests: bool = True,
         **fleet_kw: Any,
     ) -> tuple[bytes, bytes]:
         """Sign a fleet release and put it on the forge (as CI's release commit does)."""
@@ -171,7 +172,17 @@ class CpEnv:
         raw, sig = self.kit.sign(doc)
         (self.releases / name).write_bytes(raw)
         (self.releases / f"{name}.sig").write_bytes(sig)
+        if manifests:
+            self.rollouts_dir.mkdir(exist_ok=True)
+            for rid, body, manifest_sig in self.kit.sign_manifests(raw).values():
+                (self.rollouts_dir / f"{rid}.json").write_bytes(body)
+                (self.rollouts_dir / f"{rid}.json.sig").write_bytes(manifest_sig)
         return raw, sig
+
+    @property
+    def rollouts_dir(self) -> Path:
+        """CI's signed rollout manifests, served by the CP's `--rollouts-dir`."""
+        return self.dir / "rollouts"
 
     def publish_revocations(self, entries: Mapping[str, datetime]) -> None:
         raw, sig = self.kit.sign(
@@ -213,6 +224,7 @@ class CpEnv:
             "--tick-interval-secs", "1",
             "--sweep-interval-secs", "1",
             "--poll-interval-secs", "2",
+            "--rollouts-dir", str(self.rollouts_dir),
         ]  # fmt: skip
         if fleet_ca:
             argv += [

@@ -16,9 +16,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nixfleet.core.canonical import canonical_bytes
+from nixfleet.core.canonical import canonical_bytes, load_json
 from nixfleet.core.closure import NIX_BASE32
+from nixfleet.core.fleet import parse_fleet
 from nixfleet.core.hostkey import public_key_of
+from nixfleet.core.manifest import manifest_bytes, project_manifests, rollout_id
 from nixfleet.core.signing import PrivateKey, private_key_from_seed, public_key_json, sign
 from nixfleet.core.timeutil import format_instant
 
@@ -91,6 +93,15 @@ class ReleaseKit:
         """Canonical bytes and their raw signature, as CI publishes them."""
         raw = canonical_bytes(doc)
         return raw, sign(self.release_key, raw)
+
+    def sign_manifests(self, fleet_raw: bytes) -> dict[str, tuple[str, bytes, bytes]]:
+        """CI's rollout manifests for a signed fleet: channel → (rolloutId, bytes, sig)."""
+        fleet = parse_fleet(load_json(fleet_raw))
+        out = {}
+        for channel, manifest in project_manifests(fleet, fleet_raw).items():
+            body = manifest_bytes(manifest)
+            out[channel] = (rollout_id(manifest), body, sign(self.release_key, body))
+        return out
 
 
 def meta(signed_at: datetime, ci_commit: str) -> dict[str, Any]:

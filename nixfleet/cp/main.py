@@ -27,6 +27,7 @@ from . import issuance
 from .config import CpConfig, add_serve_flags, config_from_args
 from .http import build_app
 from .migrate import MigrationError
+from .rollouts import RolloutsDir
 from .runtime import CpRuntime
 from .service import CpService, ServiceSettings
 from .store import Store
@@ -85,7 +86,12 @@ def build_service(cfg: CpConfig) -> CpService:
         needs_nonces=cfg.bootstrap_nonces is not None,
     )
     return CpService(
-        store, lambda: load_trust(cfg.trust_file), settings, fleet_ca=fleet_ca, audit=audit
+        store,
+        lambda: load_trust(cfg.trust_file),
+        settings,
+        fleet_ca=fleet_ca,
+        audit=audit,
+        manifest_source=RolloutsDir(cfg.rollouts_dir) if cfg.rollouts_dir else None,
     )
 
 
