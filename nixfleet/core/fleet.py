@@ -161,16 +161,23 @@ class Fleet:
     channel_edges: tuple[Edge, ...] = ()
     disruption_budgets: tuple[DisruptionBudget, ...] = ()
     absent: frozenset[str] = _absent_field()
+    _wave_of: Mapping[str, int] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # hostname → first wave of its channel listing it; checked per checkin, so an
+        # index rather than a scan of every wave (10,000-host fleets).
+        index: dict[str, int] = {}
+        for channel, waves in self.waves.items():
+            for i, wave in enumerate(waves):
+                for name in wave.hosts:
+                    host = self.hosts.get(name)
+                    if host is not None and host.channel == channel:
+                        index.setdefault(name, i)
+        object.__setattr__(self, "_wave_of", index)
 
     def wave_index(self, hostname: str) -> int | None:
         """Position of the first wave of the host's channel that lists it."""
-        host = self.hosts.get(hostname)
-        if host is None:
-            return None
-        for i, wave in enumerate(self.waves.get(host.channel, ())):
-            if hostname in wave.hosts:
-                return i
-        return None
+        return self._wave_of.get(hostname)
 
     def policy_for(self, channel: str) -> RolloutPolicy | None:
         ch = self.channels.get(channel)

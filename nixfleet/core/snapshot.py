@@ -61,6 +61,7 @@ def snapshot_from_verified(verified: Verified, *, source: str) -> FleetSnapshot:
     )
 
 
-def replaces(current: FleetSnapshot | None, candidate: FleetSnapshot) -> bool:
-    """A candidate replaces the current snapshot unless it was signed earlier."""
-    return current is None or candidate.signed_at >= current.signed_at
+def replaces(current: FleetSnapshot | None, signed_at: datetime) -> bool:
+    """An artifact signed at `signed_at` replaces the current snapshot unless it was
+    signed earlier."""
+    return current is None or signed_at >= current.signed_at

@@ -8,6 +8,7 @@ bug: `T` (0x54) sorts above a space (0x20).
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -25,6 +26,23 @@ def parse_instant(text: str, *, source: str = "timestamp", field: str = "") -> d
 
     Fractions beyond microseconds are truncated (Python keeps microseconds).
     """
+    if isinstance(text, str):
+        parsed = _parse_cached(text)
+        if parsed is not None:
+            return parsed
+    return _parse(text, source, field)
+
+
+@functools.lru_cache(maxsize=65536)
+def _parse_cached(text: str) -> datetime | None:
+    # Stored rows are re-read every tick: the same texts parse again and again.
+    try:
+        return _parse(text, "", "")
+    except ParseError:
+        return None
+
+
+def _parse(text: str, source: str, field: str) -> datetime:
     m = _INSTANT.match(text.strip()) if isinstance(text, str) else None
     if m is None:
         raise ParseError(source, field, f"not an RFC 3339 timestamp: {text!r}")

@@ -18,7 +18,7 @@ from typing import Any
 
 from nixfleet.core import actions as act
 from nixfleet.core import dispatch as dec
-from nixfleet.core import wire
+from nixfleet.core import health, wire
 from nixfleet.core.canonical import canonicalize, sha256_hex
 from nixfleet.core.errors import NixfleetError, VerifyError
 from nixfleet.core.gates import GateMode, GateView, first_block, needs_host_states
@@ -74,6 +74,8 @@ class _Memory:
     revocations_primed: bool = False
     refused: set[str] = field(default_factory=set)
     """fleet hashes of artifacts already refused as older than the snapshot."""
+    failing_since: dict[str, datetime] = field(default_factory=dict)
+    """H11: when each host's current streak of not-passing probes began."""
 
 
 class CpService:
@@ -124,20 +126,23 @@ class CpService:
             window_secs=self.settings.freshness_window_secs,
             source="fleet.resolved.json",
         )
-        candidate = snapshot_from_verified(verified, source=source)
         current = self.snapshot
-        if not replaces(current, candidate):
+        digest = sha256_hex(verified.canonical)
+        if not replaces(current, verified.signed_at):
             # Said once per refused artifact: the build-time one is re-offered every tick.
-            if candidate.fleet_hash not in self.mem.refused:
-                self.mem.refused.add(candidate.fleet_hash)
+            if digest not in self.mem.refused:
+                self.mem.refused.add(digest)
                 log.info(
                     "channel-refs: keeping newer snapshot signed_at=%s; %s artifact "
                     "signed_at=%s is older",
                     current.signed_at_text if current else None,
                     source,
-                    candidate.signed_at_text,
+                    verified.signed_at_text,
                 )
             return False
+        if current is not None and current.fleet_hash == digest:
+            return True  # the same artifact again: nothing to project
+        candidate = snapshot_from_verified(verified, source=source)
         was_ready = self.ready
         self.snapshot = candidate
         if current is None or current.fleet_hash != candidate.fleet_hash:
@@ -234,7 +239,12 @@ class CpService:
         store = self._store()
         states = not for_gates or needs_host_states(snap.fleet)
         checkins = {
-            h: HostCheckin(at=at, current_closure=req.current_generation.closure_hash)
+            h: HostCheckin(
+                at=at,
+                current_closure=req.current_generation.closure_hash,
+                probes_passing=health.probes_passing(req.health_check_mode, req.health_probes),
+                probes_observed=health.probes_observed(req.health_check_mode, req.health_probes),
+            )
             for h, (at, req) in (self.mem.checkins.items() if not for_gates else ())
         }
         return project_observed(
@@ -290,7 +300,11 @@ class CpService:
             op = store.latest_dispatch(host)
             op_row = op.as_op_row() if op is not None else None
         decision = dec.decide_checkin(
-            facts, plan, op_row, lambda: self._gate(snap, host, now), now,
+            facts,
+            plan,
+            op_row,
+            lambda: self._gate(snap, host, now),
+            now,
             self.settings.confirm_window,
         )
         target = None
@@ -645,6 +659,7 @@ class CpService:
         if snap is None or self.store is None:
             log.info("tick verify_ok=false reason=no-snapshot")
             return []
+        self._health_sweep(snap, now)
         observed = self.observed(now)
         actions = reconcile(snap.fleet, observed, now)
         self._apply(snap, observed, actions, now)
@@ -658,6 +673,41 @@ class CpService:
             len(actions),
         )
         return actions
+
+    def _health_sweep(self, snap: FleetSnapshot, now: datetime) -> None:
+        """H11: a Healthy or Soaked host whose probes have not all passed for the
+        threshold becomes Failed; its closure is quarantined on its channel and open
+        dispatches of that closure are cancelled (their confirms then get 410)."""
+        store = self._store()
+        states = {
+            (row.rollout_id, row.hostname): row.host_state for row in store.participation_rows()
+        }
+        for host, (_at, req) in self.mem.checkins.items():
+            decl = snap.fleet.hosts.get(host)
+            rid = snap.rollout_ids.get(decl.channel) if decl else None
+            tracked = rid is not None and states.get((rid, host)) in (HEALTHY, SOAKED)
+            failing = tracked and health.is_failing(req.health_probes)
+            since = health.failing_since(self.mem.failing_since.get(host), failing, now)
+            if since is None:
+                self.mem.failing_since.pop(host, None)
+                continue
+            self.mem.failing_since[host] = since
+            if not health.has_failed(since, now) or decl is None or rid is None:
+                continue
+            closure = req.current_generation.closure_hash
+            store.set_participation(rid, host, FAILED, now=now)
+            store.quarantine(decl.channel, closure, now=now, reason="sustained probe failures")
+            cancelled = store.cancel_open_dispatches(closure, now=now)
+            self.mem.failing_since.pop(host, None)
+            log.warning(
+                "health: host failed after sustained probe failures rollout=%s closure=%s "
+                "quarantined channel=%s cancelled=%d host=%s",
+                rid,
+                closure,
+                decl.channel,
+                cancelled,
+                host,
+            )
 
     def _apply(
         self, snap: FleetSnapshot, observed: Observed, actions: list[act.Action], now: datetime
