@@ -43,6 +43,7 @@ from nixfleet.core.agent import (
     StatePersisted,
     SwitchFailed,
 )
+from nixfleet.core import closure
 from nixfleet.core.closure import ClosureHash
 from nixfleet.core.errors import NixfleetError, Unreachable
 from nixfleet.core.manifest_check import check_manifest
@@ -117,13 +118,17 @@ class SimHost:
             )
             self.up = True
             self.world.record("agent-start", self.name, closure=self.current)
-            self.session.feed(Boot(current_closure=self.current), self.clock.now())
+            self.session.feed(Boot(current_closure=self.running()), self.clock.now())
             while True:
                 action = self.session.next_action()
                 event = yield from self.perform(action)
                 self.session.feed(event, self.clock.now())
         except simpy.Interrupt:
             return
+
+    def running(self) -> ClosureHash:
+        """What `/run/current-system` names, read the way the daemon reads it."""
+        return closure.closure_hash_from_path(f"{closure.STORE_DIR}/{self.current}")
 
     def _probe(self) -> HealthProbe:
         """The host's one health probe, as the daemon's health checker reports it."""
@@ -144,6 +149,9 @@ class SimHost:
                 started = self.env.now
                 req = replace(
                     request,
+                    current_generation=replace(
+                        request.current_generation, closure_hash=self.running()
+                    ),
                     uptime_secs=int(self.env.now),
                     health_probes=(self._probe(),),
                     health_check_mode="enforce",

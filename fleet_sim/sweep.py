@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future, as_completed
@@ -74,7 +75,10 @@ class RunTask:
 
 
 def _quiet_logs() -> None:
-    """Workers: the production code's warnings (halt lines, …) are in the history."""
+    """In a worker process, silence the production code's warnings (halt lines, …):
+    the history has them. The caller's own process keeps its logging as it is."""
+    if multiprocessing.parent_process() is None:
+        return
     logger = logging.getLogger("nixfleet")
     if not logger.handlers:
         logger.addHandler(logging.NullHandler())

@@ -44,6 +44,8 @@ class SimConfig:
     confirm_window_secs: int = 360
     release_at: float = 120.0
     """When CI publishes the new release (generation 1); generation 0 runs at start."""
+    later_releases_at: tuple[float, ...] = ()
+    """When CI publishes generations 2, 3, … (absolute simulated seconds)."""
     activation_secs: tuple[float, float] = (20.0, 60.0)
     latency: Latency = field(default_factory=Latency)
     loss: float = 0.0
@@ -151,8 +153,10 @@ class World:
     # --- running -----------------------------------------------------------------------
 
     def _ci(self) -> Any:
-        yield self.env.timeout(self.config.release_at)
-        self.release(1)
+        times = (self.config.release_at, *self.config.later_releases_at)
+        for generation, at in enumerate(times, start=1):
+            yield self.env.timeout(max(0.0, at - self.env.now))
+            self.release(generation)
 
     def settled(self) -> bool:
         """The newest rollout converged or halted, and no agent is mid-activation."""

@@ -27,6 +27,56 @@ MUTANTS: dict[str, Mutant] = {
 }
 
 
+def snapshot_replaced_by_older() -> AbstractContextManager[object]:
+    """Seed 000 stair-step: any verified artifact replaces the snapshot, so the baked
+    build-time artifact (one release behind) walks the CP back."""
+    from nixfleet.cp import service
+
+    return mock.patch.object(service, "replaces", lambda current, signed_at: True)
+
+
+def report_hash_prefix() -> AbstractContextManager[object]:
+    """Seed 000 ghost loop: the agent reports only the 32-char hash before the first
+    `-`, never equal to the full basename the CP declares."""
+    from nixfleet.core import closure
+
+    def truncated(text: str) -> closure.ClosureHash:
+        return closure.ClosureHash(text.rsplit("/", 1)[-1].split("-", 1)[0])
+
+    return mock.patch.object(closure, "closure_hash_from_path", truncated)
+
+
+def no_orphan_recovery() -> AbstractContextManager[object]:
+    """Seed 001 before the fix: after a DB wipe a confirm with no row gets 410 and the
+    host rolls back a good activation."""
+    from nixfleet.core import dispatch
+
+    original = dispatch.decide_confirm
+
+    def strict(*args: object, **kwargs: object) -> str:
+        verdict = original(*args, **kwargs)  # type: ignore[arg-type]
+        return dispatch.CONFIRM_REJECT if verdict == dispatch.CONFIRM_ORPHAN else verdict
+
+    return mock.patch.object(dispatch, "decide_confirm", strict)
+
+
+def no_rollback_signal() -> AbstractContextManager[object]:
+    """rollback-and-halt that never tells a Failed host to roll back."""
+    from nixfleet.core import dispatch
+
+    return mock.patch.object(dispatch, "rollback_signal", lambda *a, **k: None)
+
+
+MUTANTS.update(
+    {
+        "snapshot-replaced-by-older": snapshot_replaced_by_older,
+        "report-hash-prefix": report_hash_prefix,
+        "no-orphan-recovery": no_orphan_recovery,
+        "no-rollback-signal": no_rollback_signal,
+    }
+)
+
+
 @contextlib.contextmanager
 def injected(name: str) -> Iterator[None]:
     """Apply a mutant for the duration of the block."""
