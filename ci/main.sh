@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The main job (README quick start, command 1): the sample fleet on the production
-# cores, with a readable report in reports/sample-fleet.md.
+# The main job (README quick start, command 1): the scenario catalogue on a simulated
+# fleet, each scenario proven against its bug, with a readable report in
+# reports/catalogue/catalogue.md; then a 1,000-host fleet-sim run with plots.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/ci/bootstrap.sh"
 cd "$root"
-mkdir -p reports
-.venv/bin/python -m harness.sample | tee reports/sample-fleet.md
-echo "report: reports/sample-fleet.md"
+export PATH="$root/.venv/bin:$PATH"
+status=0
+fleet-harness prove --backend sim --report reports/catalogue || status=$?
+fleet-sim run --hosts 1000 --waves 3 --seed 1 --no-progress \
+    --fault CpWipe:at=600,duration=20 --report reports/sim-1000 || status=$?
+exit "$status"
