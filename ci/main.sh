@@ -10,5 +10,5 @@ export PATH="$root/.venv/bin:$PATH"
 status=0
 fleet-harness prove --backend sim --report reports/catalogue || status=$?
 fleet-sim run --hosts 1000 --waves 3 --seed 1 --no-progress \
-    --fault CpWipe:at=600,duration=20 --report reports/sim-1000 || status=$?
+    --fault CpWipe:at=480,duration=20 --report reports/sim-1000 || status=$?
 exit "$status"
