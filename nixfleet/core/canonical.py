@@ -66,5 +66,7 @@ def _canonicalize(raw: bytes, source: str) -> bytes:
     return canonical_bytes(load_json(raw, source=source), source=source)
 
 
+@functools.lru_cache(maxsize=256)
 def sha256_hex(data: bytes) -> str:
+    """Memoised: rollout ids are recomputed from the same manifest bytes per host."""
     return hashlib.sha256(data).hexdigest()

@@ -403,6 +403,13 @@ class Store:
         """A read transaction: several SELECTs see one snapshot."""
         return self._tx(write=False)
 
+    @contextmanager
+    def _one(self) -> Iterator[sqlite3.Connection]:
+        """A single SELECT: atomic on its own in autocommit mode, so no BEGIN/COMMIT
+        round trips (these run several times per checkin)."""
+        with self._lock:
+            yield self._conn
+
     # --- pending_confirms: dispatch rows -------------------------------------------
 
     @staticmethod
@@ -474,12 +481,12 @@ class Store:
 
     def latest_dispatch(self, hostname: str) -> DispatchRecord | None:
         """The host's current dispatch (its newest row)."""
-        with self._read() as conn:
+        with self._one() as conn:
             return self._latest(conn, hostname)
 
     def dispatch_for(self, hostname: str, rollout_id: str) -> DispatchRecord | None:
         """The host's newest row for one rollout."""
-        with self._read() as conn:
+        with self._one() as conn:
             r = conn.execute(
                 f"SELECT {_DISPATCH_COLUMNS} FROM pending_confirms "
                 "WHERE hostname = ? AND rollout_id = ? ORDER BY id DESC LIMIT 1",
@@ -731,7 +738,7 @@ class Store:
             )
 
     def participation(self, rollout_id: str, hostname: str) -> ParticipationRow | None:
-        with self._read() as conn:
+        with self._one() as conn:
             r = conn.execute(
                 "SELECT rollout_id, hostname, host_state, last_healthy_since "
                 "FROM host_rollout_state WHERE rollout_id = ? AND hostname = ?",
@@ -831,7 +838,7 @@ class Store:
             return True
 
     def rollout_record(self, rollout_id: str) -> RolloutRecord | None:
-        with self._read() as conn:
+        with self._one() as conn:
             r = conn.execute(
                 "SELECT * FROM rollouts WHERE rollout_id = ?", (rollout_id,)
             ).fetchone()
