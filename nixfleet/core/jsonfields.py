@@ -17,7 +17,8 @@ from .errors import ParseError
 _MISSING: Any = object()
 
 
-def _type_name(value: object) -> str:
+def type_name(value: object) -> str:
+    """`a string`, `an object`, `null`, …: how error messages name a JSON value."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -46,7 +47,7 @@ class Reader:
     @classmethod
     def root(cls, value: Any, source: builtins.str) -> Reader:
         if not isinstance(value, dict):
-            raise ParseError(source, "", f"expected a JSON object, got {_type_name(value)}")
+            raise ParseError(source, "", f"expected a JSON object, got {type_name(value)}")
         return cls(source, "", value)
 
     def field(self, key: builtins.str) -> builtins.str:
@@ -80,7 +81,7 @@ class Reader:
         if isinstance(value, bool) and kind is not bool:
             raise self.fail(key, f"expected {what}, got a boolean")
         if not isinstance(value, kind):
-            raise self.fail(key, f"expected {what}, got {_type_name(value)}")
+            raise self.fail(key, f"expected {what}, got {type_name(value)}")
         return value
 
     def str(self, key: builtins.str) -> builtins.str:
@@ -118,7 +119,7 @@ class Reader:
                 raise ParseError(
                     self.source,
                     f"{self.field(key)}[{i}]",
-                    f"expected a string, got {_type_name(item)}",
+                    f"expected a string, got {type_name(item)}",
                 )
         return tuple(items)
 
@@ -141,7 +142,7 @@ class Reader:
         for name, entry in value.items():
             where = f"{self.field(key)}.{name}"
             if not isinstance(entry, dict):
-                raise ParseError(self.source, where, f"expected an object, got {_type_name(entry)}")
+                raise ParseError(self.source, where, f"expected an object, got {type_name(entry)}")
             out.append((name, Reader(self.source, where, entry)))
         return out
 
@@ -154,7 +155,7 @@ class Reader:
         for i, entry in enumerate(value):
             where = f"{self.field(key)}[{i}]"
             if not isinstance(entry, dict):
-                raise ParseError(self.source, where, f"expected an object, got {_type_name(entry)}")
+                raise ParseError(self.source, where, f"expected an object, got {type_name(entry)}")
             out.append(Reader(self.source, where, entry))
         return out
 

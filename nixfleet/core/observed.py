@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from .fleet import Selector, dump_selector, parse_selector
-from .jsonfields import Reader
+from .jsonfields import Reader, type_name
 from .rollout_state import (
     DEFAULT_HOST_STATE,
     EXECUTING,
@@ -138,21 +138,9 @@ def _scalar_map(
 
 
 def _describe(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return repr(value) if len(value) <= 40 else "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    if isinstance(value, str) and len(value) <= 40:
+        return repr(value)
+    return type_name(value)
 
 
 def _count(sub: Reader, name: str, value: object) -> int:
