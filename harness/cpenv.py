@@ -47,6 +47,12 @@ CN_SUFFIX = "fleet.test"
 READY_LINE = "control plane listening"
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,13 +176,16 @@ class CpEnv:
             **fleet_kw,
         )
         raw, sig = self.kit.sign(doc)
-        (self.releases / name).write_bytes(raw)
-        (self.releases / f"{name}.sig").write_bytes(sig)
+        # The manifests first, each file replaced atomically: a CP polling meanwhile
+        # must never dispatch a rollout whose manifest is not there yet, nor read a
+        # half-written artifact.
         if manifests:
             self.rollouts_dir.mkdir(exist_ok=True)
             for rid, body, manifest_sig in self.kit.sign_manifests(raw).values():
-                (self.rollouts_dir / f"{rid}.json").write_bytes(body)
-                (self.rollouts_dir / f"{rid}.json.sig").write_bytes(manifest_sig)
+                _write_atomic(self.rollouts_dir / f"{rid}.json", body)
+                _write_atomic(self.rollouts_dir / f"{rid}.json.sig", manifest_sig)
+        _write_atomic(self.releases / name, raw)
+        _write_atomic(self.releases / f"{name}.sig", sig)
         return raw, sig
 
     @property

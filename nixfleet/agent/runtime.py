@@ -5,7 +5,8 @@
     session.feed(event, clock.now())
 
 The shell decides nothing about the host's lifecycle: the reducer does. It only
-adds what the core cannot know to the bodies it sends (uptime, probe results, the
+adds what the core cannot know to the bodies it sends (the running system as its link
+shows it at checkin time, uptime, probe results, the
 pending generation, the attestation signature, report signatures), keeps the
 client certificate fresh before a checkin, and keeps reports that could not be
 delivered to send them, in order, before the next one.
@@ -177,6 +178,7 @@ class AgentRuntime:
         self.uptime = uptime
         self._outbox: deque[ReportRequest] = deque()
         self._renewal_reported_at: datetime | None = None
+        self._drift_logged: ClosureHash | None = None
         self._stop = asyncio.Event()
 
     def boot(self, current: ClosureHash) -> None:
@@ -255,7 +257,44 @@ class AgentRuntime:
 
     # --- checkin ---------------------------------------------------------------------------
 
+    def _observe_current(self, request: CheckinRequest) -> CheckinRequest:
+        """`currentGeneration` is basename(/run/current-system) at checkin time
+        (lifecycle §5.1), not what the reducer last saw: a switch the agent did not
+        watch to its end (it was restarted mid-switch) or an operator's own switch
+        moves the link behind its back. Reporting a stale closure makes the CP re-send
+        a target the host already runs, and the agent activates it a second time.
+        A `lastConfirmedAt` for the closure the reducer knew is dropped with it (the
+        attestation names no closure)."""
+        observed = self.activator.current_system()
+        known = request.current_generation.closure_hash
+        if observed is None or observed == known:
+            return request
+        if observed != self._drift_logged:
+            self._drift_logged = observed
+            log.warning(
+                "current system changed outside the agent; reporting the link "
+                "current=%s agent_saw=%s",
+                observed,
+                known,
+            )
+        target = request.last_evaluated_target
+        return replace(
+            request,
+            current_generation=replace(
+                request.current_generation,
+                closure_hash=observed,
+                channel_ref=(
+                    target.channel_ref
+                    if target is not None and target.closure_hash == observed
+                    else None
+                ),
+            ),
+            last_confirmed_at=None,
+            last_confirmed_at_text=None,
+        )
+
     def _augment(self, request: CheckinRequest) -> CheckinRequest:
+        request = self._observe_current(request)
         pending = None
         profile = self.activator.profile_system()
         booted = self.activator.booted_system()
