@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, assert_never
 
 import simpy
 
+from nixfleet.core import closure
 from nixfleet.core.agent import (
     Activate,
     AgentAction,
@@ -43,7 +44,6 @@ from nixfleet.core.agent import (
     StatePersisted,
     SwitchFailed,
 )
-from nixfleet.core import closure
 from nixfleet.core.closure import ClosureHash
 from nixfleet.core.errors import NixfleetError, Unreachable
 from nixfleet.core.manifest_check import check_manifest
@@ -182,7 +182,7 @@ class SimHost:
                         closure=target.closure_hash,
                         wave=target.wave_index,
                     )
-                return CheckinOk(response=resp)
+                return CheckinOk(response=resp, current_closure=req.current_generation.closure_hash)
             case FetchManifest(rollout_id=rid, wave_index=wave):
                 try:
                     body, sig = yield from net.call(

@@ -339,7 +339,7 @@ class AgentRuntime:
             target.rollout_id if target is not None else "-",
             response.rollback.rollout if response.rollback is not None else "-",
         )
-        return CheckinOk(response=response)
+        return CheckinOk(response=response, current_closure=body.current_generation.closure_hash)
 
     # --- confirm ---------------------------------------------------------------------------
 

@@ -353,6 +353,9 @@ def _has_left_rollout(state: AgentState, signal: RollbackSignal) -> bool:
 
 def _on_checkin_ok(state: AgentState, event: CheckinOk, now: datetime) -> Step:
     state = replace(state, checkin_failures=0)
+    observed = event.current_closure
+    if observed is not None and observed != state.current:
+        state = replace(state, current=observed, previous=state.current)
     response = event.response
     pending = (
         None if response.target is None else PendingTarget(target=response.target, received_at=now)

@@ -33,6 +33,10 @@ class PollTick:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CheckinOk:
     response: CheckinResponse
+    current_closure: ClosureHash | None = None
+    """What the checkin reported as running (the shell reads `/run/current-system`
+    for it). The CP decided on that value, so the reducer adopts it: a switch that
+    finished while the agent was down is then known, not re-activated or ignored."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

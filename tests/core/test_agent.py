@@ -1760,3 +1760,18 @@ def test_pumped_agent_keeps_its_invariants(
             assert deadline is not None
             if now >= deadline:
                 assert session.state.phase is Phase.ROLLING_BACK
+
+
+def test_checkin_adopts_the_closure_it_reported() -> None:
+    """A switch that finished while the agent was down: the link says NEW, the
+    reducer still thinks OLD. The CP decided on NEW, so the reducer must too."""
+    checking_in = replace(booted(current=OLD), phase=Phase.CHECKING_IN)
+    converged = wire.CheckinResponse(target=target(NEW))
+    state, actions = step(
+        checking_in, CheckinOk(response=converged, current_closure=NEW), NOW
+    )
+    assert state.current == NEW and state.previous == OLD
+    assert not any(isinstance(a, Activate) for a in actions)
+    # Without the observation the stale reducer would have activated NEW again.
+    _, stale = step(checking_in, CheckinOk(response=converged), NOW)
+    assert any(isinstance(a, FetchManifest) for a in stale)
