@@ -294,8 +294,9 @@ class CpService:
         )
         op = store.latest_dispatch(host)
         op_row = op.as_op_row() if op is not None else None
+        writes = store.writes
         self._recover(req, facts, plan, op, now)
-        if plan.declared:
+        if store.writes != writes:  # a recovery rule wrote: decide on the new rows
             plan = self._plan(snap, host)
             op = store.latest_dispatch(host)
             op_row = op.as_op_row() if op is not None else None
