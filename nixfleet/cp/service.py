@@ -25,7 +25,7 @@ from nixfleet.core.gates import GateMode, GateView, first_block, needs_host_stat
 from nixfleet.core.hostkey import fingerprint, parse_public_line
 from nixfleet.core.manifest import manifest_bytes
 from nixfleet.core.observed import Deferral, Observed
-from nixfleet.core.projection import HostCheckin, project_observed
+from nixfleet.core.projection import HostCheckin, RolloutRow, project_observed
 from nixfleet.core.reconcile import next_last_deferrals, reconcile
 from nixfleet.core.rollout_state import CONVERGED, FAILED, HEALTHY, REVERTED, SOAKED
 from nixfleet.core.sidecars import (
@@ -102,6 +102,7 @@ class CpService:
         self.last_tick_at: datetime | None = None
         self.mem = _Memory()
         self._gate_cache: tuple[tuple[int, str], GateView] | None = None
+        self._rollout_cache: tuple[int, dict[str, RolloutRow | None]] = (-1, {})
 
     # --- readiness and snapshots ---------------------------------------------------
 
@@ -220,7 +221,7 @@ class CpService:
             return dec.HostPlan(declared=False, closure_hash=None, rollout_id=None, wave_index=None)
         rid = snap.rollout_ids.get(host.channel)
         store = self._store()
-        ro = store.rollout(rid) if rid is not None else None
+        ro = self._rollout(rid) if rid is not None else None
         part = store.participation(rid, hostname) if rid is not None else None
         return dec.HostPlan(
             declared=True,
@@ -231,6 +232,16 @@ class CpService:
             rollout_halted=ro is not None and ro.state == "Halted",
             participation=part.host_state if part is not None else None,
         )
+
+    def _rollout(self, rid: str) -> RolloutRow | None:
+        """Rollout rows change only on writes; every checkin reads its channel's."""
+        store = self._store()
+        if self._rollout_cache[0] != store.writes:
+            self._rollout_cache = (store.writes, {})
+        rows = self._rollout_cache[1]
+        if rid not in rows:
+            rows[rid] = store.rollout(rid)
+        return rows[rid]
 
     def observed(self, now: datetime, *, for_gates: bool = False) -> Observed:
         """The reconciler's view of the fleet; `for_gates` builds only what the gates
@@ -320,7 +331,7 @@ class CpService:
             )
         elif decision.reason.startswith("held by fleet-level gate"):
             log.info("dispatch: %s host=%s", decision.reason, host)
-        return wire.CheckinResponse(target=target, rollback=self._rollback_signal(snap, host))
+        return wire.CheckinResponse(target=target, rollback=self._rollback_signal(snap, plan, host))
 
     def _recover(
         self,
@@ -431,20 +442,18 @@ class CpService:
             compliance_mode=ch.compliance.mode if ch else None,
         )
 
-    def _rollback_signal(self, snap: FleetSnapshot, host: str) -> wire.RollbackSignal | None:
+    def _rollback_signal(
+        self, snap: FleetSnapshot, plan: dec.HostPlan, host: str
+    ) -> wire.RollbackSignal | None:
         decl = snap.fleet.hosts.get(host)
-        if decl is None:
+        if decl is None or plan.rollout_id is None:
             return None
-        rid = snap.rollout_ids.get(decl.channel)
-        if rid is None:
-            return None
-        part = self._store().participation(rid, host)
         policy = snap.fleet.policy_for(decl.channel)
         return dec.rollback_signal(
             host,
-            rid,
-            rid,
-            part.host_state if part else None,
+            plan.rollout_id,
+            plan.rollout_id,
+            plan.participation,
             policy.on_health_failure if policy else None,
         )
 
