@@ -689,9 +689,7 @@ class CpService:
         threshold becomes Failed; its closure is quarantined on its channel and open
         dispatches of that closure are cancelled (their confirms then get 410)."""
         store = self._store()
-        states = {
-            (row.rollout_id, row.hostname): row.host_state for row in store.participation_rows()
-        }
+        states = store.participation_states()
         for host, (_at, req) in self.mem.checkins.items():
             decl = snap.fleet.hosts.get(host)
             rid = snap.rollout_ids.get(decl.channel) if decl else None

@@ -514,8 +514,23 @@ class Store:
         return [DispatchRecord.from_row(r) for r in rows]
 
     def latest_dispatch_rows(self) -> list[DispatchRow]:
-        """`latest_dispatches` in the projection's shape."""
-        return [d.as_dispatch_row() for d in self.latest_dispatches()]
+        """`latest_dispatches` in the projection's shape: only the four columns it reads
+        (the reconcile tick loads every host's row)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT hostname, rollout_id, state, target_closure_hash FROM pending_confirms "
+                "WHERE id IN (SELECT MAX(id) FROM pending_confirms GROUP BY hostname) "
+                "ORDER BY hostname"
+            ).fetchall()
+        return [
+            DispatchRow(
+                hostname=r["hostname"],
+                rollout_id=r["rollout_id"],
+                state=r["state"],
+                target_closure_hash=r["target_closure_hash"],
+            )
+            for r in rows
+        ]
 
     def dispatch_count(
         self,
@@ -745,6 +760,15 @@ class Store:
                 (rollout_id, hostname),
             ).fetchone()
         return _participation(r) if r is not None else None
+
+    def participation_states(self) -> dict[tuple[str, str], str]:
+        """(rolloutId, hostname) → host_state for every row: the health sweep's view,
+        without parsing timestamps it does not read."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT rollout_id, hostname, host_state FROM host_rollout_state"
+            ).fetchall()
+        return {(r["rollout_id"], r["hostname"]): r["host_state"] for r in rows}
 
     def participation_rows(self, rollout_id: str | None = None) -> list[ParticipationRow]:
         with self._read() as conn:
