@@ -171,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The production code's warnings (halts, health failures) belong in the report,
     # not on the console of a catalogue run.
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.ERROR)
     return run(build_parser(), argv, name="fleet-harness")
 
 

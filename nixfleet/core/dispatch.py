@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from .deadline import deadline_passed
 from .fleet import ROLLBACK_AND_HALT
 from .rollout_state import FAILED, REVERTED
-from .wire import FETCH_FAILED, FETCH_VERIFY_FAILED, FetchOutcome, RollbackSignal
+from .wire import FETCH_VERIFY_FAILED, FetchOutcome, RollbackSignal
 
 DEFAULT_CONFIRM_WINDOW = timedelta(seconds=360)
 
@@ -26,7 +26,15 @@ CANCELLED = "cancelled"
 DEFERRED = "deferred-pending-reboot"
 OP_STATES = (PENDING, CONFIRMED, ROLLED_BACK, CANCELLED, DEFERRED)
 
-FETCH_FAILURES = (FETCH_VERIFY_FAILED, FETCH_FAILED)
+HOLDING_FETCH_FAILURES = (FETCH_VERIFY_FAILED,)
+"""Fetch outcomes that hold a host's dispatch of the same rollout (lifecycle §4.3 #6).
+
+Only `verify-failed`: the same manifest bytes fail the same way again. A
+`fetch-failed` (CP, cache or link down) is transient; holding on it deadlocked a host
+whose target arrived just before a CP wipe — the agent kept reporting the failure,
+the CP held, and with no dispatch row left nothing ever expired (found by the
+simulator). The reference only escapes this because its agent stops sending the
+outcome without a pending generation."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,7 +159,7 @@ def _ladder(
     outcome = facts.last_fetch_outcome
     if (
         outcome is not None
-        and outcome.result in FETCH_FAILURES
+        and outcome.result in HOLDING_FETCH_FAILURES
         and outcome.rollout_id in (None, plan.rollout_id)
     ):
         return NoTarget(reason=HOLD_AFTER_FAILURE)

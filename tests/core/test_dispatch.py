@@ -86,13 +86,6 @@ def row(
             d.NoTarget(reason=d.FAILED_IN_ROLLOUT),
         ),
         (
-            replace(FACTS, last_fetch_outcome=FetchOutcome(result="fetch-failed")),
-            PLAN,
-            None,
-            None,
-            d.NoTarget(reason=d.HOLD_AFTER_FAILURE),
-        ),
-        (
             replace(FACTS, last_fetch_outcome=FetchOutcome(result="verify-failed", rollout_id=RID)),
             PLAN,
             None,
@@ -119,7 +112,6 @@ def row(
         "halted",
         "failed-here",
         "reverted-here",
-        "hold-fetch-failed",
         "hold-verify-failed",
         "wave-not-reached",
         "deferred-same-closure",
@@ -255,3 +247,11 @@ def test_gate_is_consulted_only_when_it_changes_the_outcome() -> None:
     on_target = replace(FACTS, current_closure=DECLARED)
     assert d.decide_checkin(on_target, PLAN, None, gate, NOW) == held
     assert len(asked) == 2
+
+
+def test_a_transient_fetch_failure_does_not_hold_the_host() -> None:
+    """The CP was down when the agent fetched the manifest: dispatch again."""
+    facts = replace(FACTS, last_fetch_outcome=FetchOutcome(result="fetch-failed", rollout_id=RID))
+    assert isinstance(d.decide_checkin(facts, PLAN, None, NO_GATE, NOW), d.Dispatch)
+    unknown = replace(FACTS, last_fetch_outcome=FetchOutcome(result="fetch-failed"))
+    assert isinstance(d.decide_checkin(unknown, PLAN, None, NO_GATE, NOW), d.Dispatch)

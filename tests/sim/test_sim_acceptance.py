@@ -125,3 +125,14 @@ def test_reintroduced_datetime_compare_bug_is_caught() -> None:
     verdicts = {v.name: v for v in run_checkers(world, [*DEFAULT, all_converged])}
     assert verdicts["all-converged"].ok is False
     assert verdicts["rollout-finished"].ok is False
+
+
+def test_target_lost_in_a_cp_wipe_is_dispatched_again() -> None:
+    """Found by the simulator: a host got its target just before the wipe, its manifest
+    fetch failed (CP down) and, with no dispatch row left after the wipe, the CP held
+    it forever on its `fetch-failed` outcome."""
+    world = _run(hosts=1000, waves=3, seed=1, faults=[CpWipe(at=480, duration=20)])
+    lost = {str(op.host) for op in world.history.of("report")
+            if op.detail.get("event") == "manifest-missing"}
+    assert lost, "no target was lost in the wipe: the scenario proved nothing"
+    assert passed(run_checkers(world, [*DEFAULT, all_converged]))
