@@ -689,11 +689,15 @@ class CpService:
         threshold becomes Failed; its closure is quarantined on its channel and open
         dispatches of that closure are cancelled (their confirms then get 410)."""
         store = self._store()
-        states = store.participation_states()
         for host, (_at, req) in self.mem.checkins.items():
+            # Only hosts failing now or in a streak can change; most pass, and for them
+            # no row needs reading (a tick visits every host of the fleet).
+            if host not in self.mem.failing_since and not health.is_failing(req.health_probes):
+                continue
             decl = snap.fleet.hosts.get(host)
             rid = snap.rollout_ids.get(decl.channel) if decl else None
-            tracked = rid is not None and states.get((rid, host)) in (HEALTHY, SOAKED)
+            part = store.participation(rid, host) if rid is not None else None
+            tracked = part is not None and part.host_state in (HEALTHY, SOAKED)
             failing = tracked and health.is_failing(req.health_probes)
             since = health.failing_since(self.mem.failing_since.get(host), failing, now)
             if since is None:

@@ -761,15 +761,6 @@ class Store:
             ).fetchone()
         return _participation(r) if r is not None else None
 
-    def participation_states(self) -> dict[tuple[str, str], str]:
-        """(rolloutId, hostname) → host_state for every row: the health sweep's view,
-        without parsing timestamps it does not read."""
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT rollout_id, hostname, host_state FROM host_rollout_state"
-            ).fetchall()
-        return {(r["rollout_id"], r["hostname"]): r["host_state"] for r in rows}
-
     def participation_rows(self, rollout_id: str | None = None) -> list[ParticipationRow]:
         with self._read() as conn:
             rows = conn.execute(
