@@ -19,10 +19,9 @@ from datetime import datetime
 from typing import Protocol
 
 from nixfleet.core.agent_events import ManifestFailed, ManifestOk
-from nixfleet.core.errors import NixfleetError, PeerError, Unreachable, VerifyError
-from nixfleet.core.manifest import manifest_lists_host, parse_manifest
+from nixfleet.core.errors import NixfleetError, PeerError, Unreachable
+from nixfleet.core.manifest_check import check_manifest
 from nixfleet.core.trust import Trust
-from nixfleet.core.verify import ROLLOUT_ID_MISMATCH, verify_rollout_manifest
 
 from .statedir import ManifestCache
 
@@ -52,24 +51,16 @@ class ManifestFetcher:
     def _check(
         self, raw: bytes, sig: bytes, rollout_id: str, wave_index: int, now: datetime
     ) -> ManifestOk | ManifestFailed:
-        try:
-            verified = verify_rollout_manifest(
-                raw, sig, self._trust().ci_release_key, now=now, rollout_id=rollout_id
-            )
-        except VerifyError as exc:
-            if exc.reason == ROLLOUT_ID_MISMATCH:
-                return ManifestFailed(kind="mismatch", reason=str(exc))
-            return ManifestFailed(kind="verify-failed", reason=str(exc))
-        try:
-            manifest = parse_manifest(verified.value, source=f"rollout manifest {rollout_id}")
-        except NixfleetError as exc:
-            return ManifestFailed(kind="verify-failed", reason=str(exc))
-        if not manifest_lists_host(manifest, self._hostname, wave_index):
-            return ManifestFailed(
-                kind="mismatch",
-                reason=f"({self._hostname}, wave {wave_index}) is not in the manifest's hostSet",
-            )
-        return ManifestOk()
+        # The same check the simulated hosts run: one copy, in the core.
+        return check_manifest(
+            raw,
+            sig,
+            self._trust(),
+            rollout_id=rollout_id,
+            hostname=self._hostname,
+            wave_index=wave_index,
+            now=now,
+        )
 
     async def fetch(
         self, rollout_id: str, wave_index: int, now: datetime

@@ -209,7 +209,16 @@ def project_rollout_ids(fleet: Fleet, fleet_canonical_bytes: bytes) -> dict[str,
     return {ch: rollout_id(m) for ch, m in project_manifests(fleet, fleet_canonical_bytes).items()}
 
 
+def listed_hosts(m: RolloutManifest) -> frozenset[tuple[str, int]]:
+    """The manifest's (hostname, waveIndex) pairs."""
+    return frozenset((e.hostname, e.wave_index) for e in m.host_set)
+
+
+def lists_host(listed: frozenset[tuple[str, int]], hostname: str, wave_index: int | None) -> bool:
+    """Whether `(hostname, waveIndex or 0)` is among a manifest's `listed_hosts`."""
+    return (hostname, wave_index or 0) in listed
+
+
 def manifest_lists_host(m: RolloutManifest, hostname: str, wave_index: int | None) -> bool:
     """Whether `(hostname, waveIndex or 0)` is in the manifest's hostSet."""
-    wave = wave_index or 0
-    return any(e.hostname == hostname and e.wave_index == wave for e in m.host_set)
+    return lists_host(listed_hosts(m), hostname, wave_index)

@@ -13,7 +13,7 @@ from datetime import datetime
 from .agent_events import ManifestFailed, ManifestOk
 from .canonical import load_json
 from .errors import ParseError, VerifyError
-from .manifest import parse_manifest
+from .manifest import listed_hosts, lists_host, parse_manifest
 from .trust import Trust
 from .verify import ROLLOUT_ID_MISMATCH, verify_rollout_manifest
 
@@ -42,7 +42,7 @@ def check_manifest(
         listed = _host_set(verified.canonical, rollout_id)
     except ParseError as exc:
         return ManifestFailed(kind="verify-failed", reason=str(exc))
-    if (hostname, wave_index) not in listed:
+    if not lists_host(listed, hostname, wave_index):
         return ManifestFailed(
             kind="mismatch",
             reason=f"({hostname}, wave {wave_index}) is not in rollout {rollout_id}'s hostSet",
@@ -55,4 +55,4 @@ def _host_set(canonical: bytes, rollout_id: str) -> frozenset[tuple[str, int]]:
     """The manifest's (hostname, waveIndex) pairs; memoised on the verified bytes, as
     every host of a rollout checks the same manifest."""
     manifest = parse_manifest(load_json(canonical), source=f"rollout {rollout_id}")
-    return frozenset((e.hostname, e.wave_index) for e in manifest.host_set)
+    return listed_hosts(manifest)
