@@ -100,10 +100,9 @@ class SimCp:
     def serve(self, fn: Callable[[CpService], T]) -> Callable[[], T]:
         def call() -> T:
             service = self.service
-            if service is None:
+            if service is None:  # the process is down
                 raise NOT_READY
-            if not service.ready:
-                raise NOT_READY
+            service.require_ready()
             return fn(service)
 
         return call

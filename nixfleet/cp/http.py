@@ -25,7 +25,7 @@ from nixfleet.core.canonical import load_json
 from nixfleet.core.errors import NixfleetError, ParseError
 from nixfleet.core.timeutil import format_instant
 
-from .api import NOT_READY, ApiError, forbidden, unauthorized
+from .api import ApiError, forbidden, unauthorized
 from .service import CpService
 
 log = logging.getLogger("nixfleet.cp")
@@ -82,8 +82,7 @@ async def gates_middleware(request: web.Request, handler: Handler) -> web.Stream
     if not (path.startswith("/v1/") or path == "/metrics"):
         return await handler(request)
     service = request.app[SERVICE]
-    if not service.ready:
-        raise NOT_READY
+    service.require_ready()
     header = request.headers.get(PROTOCOL_HEADER)
     if header is None:
         if request.app[STRICT]:

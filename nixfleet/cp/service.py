@@ -115,6 +115,11 @@ class CpService:
             and (self.mem.allowlist is not None or not s.needs_nonces)
         )
 
+    def require_ready(self) -> None:
+        """The readiness gate of every `/v1/*` call (503, Retry-After 30)."""
+        if not self.ready:
+            raise NOT_READY
+
     def offer_fleet(self, raw: bytes, signature: bytes, *, now: datetime, source: str) -> bool:
         """Verify a fleet artifact and install it unless it is older than the current one.
 
