@@ -51,11 +51,24 @@ def _verdict_lines(outcome: Outcome) -> list[str]:
     return [f"| {v.name} | {marks[v.ok]} | {v.detail} |" for v in outcome.verdicts]
 
 
+def _report_dir(path: Path | None) -> None:
+    """Create the report directory before running anything, so a bad path costs no run."""
+    if path is not None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"--report: cannot create {path} ({exc.strerror})") from exc
+
+
 def _report(path: Path | None, title: str, lines: list[str]) -> None:
     text = "\n".join([f"# {title}", "", *lines, ""])
     if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "catalogue.md").write_text(text)
+        try:
+            (path / "catalogue.md").write_text(text)
+        except OSError as exc:
+            raise BadInput(
+                f"--report: cannot write {path / 'catalogue.md'} ({exc.strerror})"
+            ) from exc
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -69,6 +82,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     scenarios = _select(args.ids, args.backend)
+    _report_dir(args.report)
     lines = ["| scenario | result | wall s | sim s | events |", "|---|---|---|---|---|"]
     details: list[str] = []
     ok = True
@@ -103,6 +117,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_prove(args: argparse.Namespace) -> int:
     scenarios = _select(args.ids, args.backend)
+    _report_dir(args.report)
     lines = [
         "Each scenario runs on the production cores and the real CP service; "
         "`prove` runs it as shipped (must pass) and with its bug put back (must fail).",

@@ -25,13 +25,15 @@ def test_ids_are_unique_kebab_case() -> None:
     assert all(i == i.lower() and " " not in i and "_" not in i for i in ids)
 
 
-def test_cli_refuses_unknown_ids_and_backends(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_bad_input_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "no-such-scenario"]) == 2
     assert main(["prove", "--backend", "qemu"]) == 2
+    assert main(["run", "clean-rollout", "--report", "/proc/no-such-dir"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "fleet-harness: unknown scenario 'no-such-scenario' (see `fleet-harness list`)",
         "fleet-harness: --backend qemu: not available here (available: sim)",
+        "fleet-harness: --report: cannot create /proc/no-such-dir (No such file or directory)",
     ]
 
 
