@@ -48,6 +48,7 @@ from nixfleet.core.closure import ClosureHash
 from nixfleet.core.errors import NixfleetError, Unreachable
 from nixfleet.core.manifest_check import check_manifest
 from nixfleet.core.wire import PROBE_FAIL, PROBE_PASS, HealthProbe
+from nixfleet.cp.api import CONFIRM_STATUS
 
 from .clock import SimClock
 
@@ -219,7 +220,7 @@ class SimHost:
                     status = yield from net.call(
                         name,
                         lambda: cp.reachable,
-                        cp.serve(lambda s: s.confirm(request, now=cp.clock.now())),
+                        cp.serve(lambda s: CONFIRM_STATUS[s.confirm(request, now=cp.clock.now())]),
                     )
                 except Unreachable as exc:
                     world.record("confirm-failed", name, reason=str(exc))

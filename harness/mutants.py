@@ -53,9 +53,10 @@ def no_orphan_recovery() -> AbstractContextManager[object]:
 
     original = dispatch.decide_confirm
 
-    def strict(*args: object, **kwargs: object) -> str:
+    def strict(*args: object, **kwargs: object) -> dispatch.ConfirmVerdict:
         verdict = original(*args, **kwargs)  # type: ignore[arg-type]
-        return dispatch.CONFIRM_REJECT if verdict == dispatch.CONFIRM_ORPHAN else verdict
+        V = dispatch.ConfirmVerdict
+        return V.REJECT if verdict is V.ORPHAN else verdict
 
     return mock.patch.object(dispatch, "decide_confirm", strict)
 

@@ -7,6 +7,7 @@ decisions stay pure: the gate verdict comes from `gates.py` through a callable.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -95,6 +96,23 @@ class Dispatch:
     closure_hash: str
     wave_index: int | None
     confirm_deadline: datetime
+    reoffer: bool = False
+    """The host's pending row's target again: no new row, the row's own deadline."""
+
+
+MIN_REOFFER_WINDOW = timedelta(seconds=30)
+"""A pending target is sent again only with at least this much of its window left;
+closer to the deadline the row expires (H5) and the next checkin dispatches anew."""
+
+
+def _reofferable(op_row: OpRow | None, plan: HostPlan) -> bool:
+    """A pending row for exactly what the host should run now (the rollout and closure
+    the verified fleet declares) may be offered again to a host that lost it."""
+    return (
+        op_row is not None
+        and op_row.rollout_id == plan.rollout_id
+        and op_row.target_closure_hash == plan.closure_hash
+    )
 
 
 CheckinDecision = NoTarget | Dispatch
@@ -128,7 +146,10 @@ def decide_checkin(
     if not plan.declared:
         return NoTarget(reason=UNMANAGED)
     decision = _ladder(facts, plan, op_row, now, confirm_window)
-    if isinstance(decision, Dispatch) or decision.record_converged:
+    # A re-offer is the dispatch the gates let through already, not a new one.
+    if (isinstance(decision, Dispatch) and not decision.reoffer) or (
+        isinstance(decision, NoTarget) and decision.record_converged
+    ):
         block = gate_block()
         if block is not None:
             return NoTarget(reason=f"held by fleet-level gate: {block}")
@@ -146,12 +167,13 @@ def _ladder(
         return NoTarget(reason=NO_DECLARATION)
     if facts.current_closure == plan.closure_hash:
         return NoTarget(reason=CONVERGED, record_converged=plan.participation is None)
-    if op_row is not None and op_row.state == PENDING:
+    pending = op_row is not None and op_row.state == PENDING
+    if pending and not _reofferable(op_row, plan):
         return NoTarget(reason=IN_FLIGHT)
     if plan.rollout_id is None:
         return NoTarget(reason=NO_DECLARATION)
     if plan.rollout_halted:
-        return NoTarget(reason=ROLLOUT_HALTED)
+        return NoTarget(reason=ROLLOUT_HALTED if not pending else IN_FLIGHT)
     if plan.participation in (FAILED, REVERTED):
         # The same target failed here already: re-sending it would loop dispatch →
         # failure → rollback (scenario quarantine-gate-split-brain).
@@ -163,6 +185,20 @@ def _ladder(
         and outcome.rollout_id in (None, plan.rollout_id)
     ):
         return NoTarget(reason=HOLD_AFTER_FAILURE)
+    if pending and op_row is not None:
+        remaining = op_row.confirm_deadline - now
+        if remaining < MIN_REOFFER_WINDOW:
+            return NoTarget(reason=IN_FLIGHT)
+        # The host checks in idle, still on its old closure, while its dispatch is
+        # pending: it lost the target (killed after receiving it, before switching).
+        # The same row's target again, with what is left of its window.
+        return Dispatch(
+            rollout_id=op_row.rollout_id,
+            closure_hash=op_row.target_closure_hash,
+            wave_index=plan.wave_index,
+            confirm_deadline=op_row.confirm_deadline,
+            reoffer=True,
+        )
     if (plan.wave_index or 0) > plan.current_wave:
         return NoTarget(reason=WAVE_NOT_REACHED)
     if (
@@ -212,31 +248,66 @@ class ConfirmFacts:
     wave: int = 0
 
 
-CONFIRM_ACCEPT = "accept"
-"""H2: the matching row is confirmed → 204."""
-CONFIRM_ORPHAN = "orphan-recovered"
-"""H3: no matching row, but the confirm matches the verified fleet → 204."""
-CONFIRM_REJECT = "reject"
-"""H4: → 410, the agent rolls back."""
+class ConfirmVerdict(enum.Enum):
+    """What a confirm leads to. The HTTP layer picks the status for each."""
+
+    ACCEPT = "accept"
+    """H2: the matching pending (or deferred) row is confirmed → 204."""
+    ALREADY_CONFIRMED = "already-confirmed"
+    """The same confirm again (its 204 was lost): nothing written → 204."""
+    ORPHAN = "orphan-recovered"
+    """H3: no row for the rollout, but the confirm names the declared target → 204."""
+    MISMATCH = "mismatch"
+    """The row for the rollout names another closure or wave: a confirm for something
+    never dispatched. Nothing written → 409; the agent retries or its watchdog fires."""
+    EXPIRED = "expired"
+    """The matching row's window has passed (or it ended): → 410, a pending row becomes
+    `rolled-back` at once, before the sweep runs."""
+    REJECT = "reject"
+    """H4: no row and no recoverable orphan → 410, the agent rolls back."""
 
 
-def decide_confirm(confirm: ConfirmFacts, row: OpRow | None, plan: HostPlan, now: datetime) -> str:
+def decide_confirm(
+    confirm: ConfirmFacts, row: OpRow | None, plan: HostPlan, now: datetime
+) -> ConfirmVerdict:
     """Confirm guard (H2), then orphan recovery (§4.5), else 410 (H4).
 
     `row` is the host's row for `confirm.rollout_id` (None when there is none).
+    Stricter than the reference (docs/hardening.md): a confirm must name exactly the
+    closure and wave its row dispatched, and orphan recovery applies only when no row
+    exists, to exactly the declared target (closure, rollout and wave).
     """
-    if row is not None and (
-        (row.state == PENDING and not deadline_passed(row.confirm_deadline, now))
-        or row.state == DEFERRED
-    ):
-        return CONFIRM_ACCEPT
+    if row is not None:
+        if row.target_closure_hash != confirm.closure_hash or row.wave != confirm.wave:
+            return ConfirmVerdict.MISMATCH
+        if row.state == DEFERRED or (
+            row.state == PENDING and not deadline_passed(row.confirm_deadline, now)
+        ):
+            return ConfirmVerdict.ACCEPT
+        if row.state == CONFIRMED:
+            return ConfirmVerdict.ALREADY_CONFIRMED
+        return ConfirmVerdict.EXPIRED
     if (
         plan.closure_hash is not None
         and plan.closure_hash == confirm.closure_hash
         and plan.rollout_id == confirm.rollout_id
+        and (plan.wave_index or 0) == confirm.wave
     ):
-        return CONFIRM_ORPHAN
-    return CONFIRM_REJECT
+        return ConfirmVerdict.ORPHAN
+    return ConfirmVerdict.REJECT
+
+
+def confirm_mismatch(confirm: ConfirmFacts, row: OpRow) -> str:
+    """The one-line reason of a MISMATCH verdict."""
+    if row.target_closure_hash != confirm.closure_hash:
+        return (
+            f"confirm names closure {confirm.closure_hash}, but rollout {row.rollout_id} "
+            f"dispatched {row.target_closure_hash} to {confirm.hostname}"
+        )
+    return (
+        f"confirm names wave {confirm.wave}, but rollout {row.rollout_id} dispatched "
+        f"wave {row.wave} to {confirm.hostname}"
+    )
 
 
 # --- attestation and rollback signal ---------------------------------------------

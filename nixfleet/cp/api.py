@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from nixfleet.core.dispatch import ConfirmVerdict
 from nixfleet.core.errors import NixfleetError
 
 
@@ -26,3 +27,13 @@ def unauthorized(message: str) -> ApiError:
 
 def forbidden(message: str) -> ApiError:
     return ApiError(403, "forbidden", message)
+
+
+CONFIRM_STATUS = {
+    ConfirmVerdict.ACCEPT: 204,
+    ConfirmVerdict.ALREADY_CONFIRMED: 204,
+    ConfirmVerdict.ORPHAN: 204,
+    ConfirmVerdict.EXPIRED: 410,
+    ConfirmVerdict.REJECT: 410,
+}
+"""The status of each confirm verdict (a MISMATCH is raised as 409 with its reason)."""

@@ -22,10 +22,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from nixfleet import __version__
 from nixfleet.core import wire
 from nixfleet.core.canonical import load_json
+from nixfleet.core.dispatch import ConfirmVerdict
 from nixfleet.core.errors import NixfleetError, ParseError
 from nixfleet.core.timeutil import format_instant
 
-from .api import ApiError, forbidden, unauthorized
+from .api import CONFIRM_STATUS, ApiError, forbidden, unauthorized
 from .service import CpService
 
 log = logging.getLogger("nixfleet.cp")
@@ -174,9 +175,11 @@ async def checkin(request: web.Request) -> web.Response:
 async def confirm(request: web.Request) -> web.Response:
     req = wire.parse_confirm_request(await _body(request, "confirm body"), source="confirm body")
     _same_host(_peer(request), req.hostname)
-    status = request.app[SERVICE].confirm(req, now=utc_now())
-    if status == 204:
+    verdict = request.app[SERVICE].confirm(req, now=utc_now())
+    if CONFIRM_STATUS[verdict] == 204:
         return web.Response(status=204)
+    if verdict is ConfirmVerdict.EXPIRED:
+        raise ApiError(410, "gone", "the confirm window of this dispatch has closed; roll back")
     raise ApiError(410, "gone", "no matching dispatch and no recoverable orphan; roll back")
 
 

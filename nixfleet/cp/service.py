@@ -413,24 +413,35 @@ class CpService:
     ) -> wire.EvaluatedTarget:
         store = self._store()
         channel = snap.fleet.hosts[host].channel
-        store.ensure_rollout(d.rollout_id, channel, now=now)
-        store.insert_dispatch(
-            host,
-            d.rollout_id,
-            d.wave_index or 0,
-            d.closure_hash,
-            d.rollout_id,
-            dispatched_at=now,
-            deadline=d.confirm_deadline,
-        )
-        self.metrics.dispatches.inc()
-        log.info(
-            "dispatch: target issued rollout=%s target_closure=%s confirm_deadline=%s host=%s",
-            d.rollout_id,
-            d.closure_hash,
-            format_instant(d.confirm_deadline),
-            host,
-        )
+        if d.reoffer:
+            log.info(
+                "dispatch: target re-offered (pending, host reports no activation) rollout=%s "
+                "target_closure=%s confirm_deadline=%s host=%s",
+                d.rollout_id,
+                d.closure_hash,
+                format_instant(d.confirm_deadline),
+                host,
+            )
+        else:
+            store.ensure_rollout(d.rollout_id, channel, now=now)
+            store.insert_dispatch(
+                host,
+                d.rollout_id,
+                d.wave_index or 0,
+                d.closure_hash,
+                d.rollout_id,
+                dispatched_at=now,
+                deadline=d.confirm_deadline,
+            )
+            self.metrics.dispatches.inc()
+            log.info(
+                "dispatch: target issued rollout=%s target_closure=%s confirm_deadline=%s "
+                "host=%s",
+                d.rollout_id,
+                d.closure_hash,
+                format_instant(d.confirm_deadline),
+                host,
+            )
         ch = snap.fleet.channels.get(channel)
         return wire.EvaluatedTarget(
             closure_hash=wire.ClosureHash(d.closure_hash),
@@ -438,8 +449,10 @@ class CpService:
             evaluated_at=now,
             rollout_id=d.rollout_id,
             wave_index=d.wave_index,
+            # The row's deadline as seen from now: the whole window for a new dispatch,
+            # what is left of it for a re-offer, so the agent's watchdog agrees.
             activate=wire.Activate(
-                confirm_window_secs=int(self.settings.confirm_window.total_seconds())
+                confirm_window_secs=int((d.confirm_deadline - now).total_seconds())
             ),
             signed_at=snap.signed_at,
             signed_at_text=snap.signed_at_text,
@@ -464,7 +477,9 @@ class CpService:
 
     # --- confirm and report ----------------------------------------------------------
 
-    def confirm(self, req: wire.ConfirmRequest, *, now: datetime) -> int:
+    def confirm(self, req: wire.ConfirmRequest, *, now: datetime) -> dec.ConfirmVerdict:
+        """Decide a confirm and write its outcome in one transaction. A MISMATCH raises
+        409 with its reason and writes nothing."""
         store = self._store()
         snap = self.snapshot
         host = req.hostname
@@ -474,16 +489,17 @@ class CpService:
             else dec.HostPlan(declared=False, closure_hash=None, rollout_id=None, wave_index=None)
         )
         row = store.dispatch_for(host, req.rollout)
+        op_row = row.as_op_row() if row is not None else None
         facts = dec.ConfirmFacts(
             hostname=host,
             rollout_id=req.rollout,
             closure_hash=req.generation.closure_hash,
             wave=req.wave,
         )
-        verdict = dec.decide_confirm(facts, row.as_op_row() if row else None, plan, now)
-        if verdict == dec.CONFIRM_ACCEPT and row is not None:
-            store.set_dispatch_state(row.id, dec.CONFIRMED, now=now)
-            store.set_participation(req.rollout, host, HEALTHY, now=now, healthy_since=now)
+        verdict = dec.decide_confirm(facts, op_row, plan, now)
+        V = dec.ConfirmVerdict
+        if verdict is V.ACCEPT and row is not None:
+            store.confirm_dispatch(row.id, now=now)
             self.metrics.confirms.inc()
             log.info(
                 "confirm received rollout=%s wave=%d closure_hash=%s host=%s",
@@ -492,8 +508,15 @@ class CpService:
                 req.generation.closure_hash,
                 host,
             )
-            return 204
-        if verdict == dec.CONFIRM_ORPHAN:
+        elif verdict is V.ALREADY_CONFIRMED:
+            log.info(
+                "confirm received (repeated; already confirmed) rollout=%s closure_hash=%s "
+                "host=%s",
+                req.rollout,
+                req.generation.closure_hash,
+                host,
+            )
+        elif verdict is V.ORPHAN:
             store.confirm_attested(
                 host, req.rollout, req.wave, req.generation.closure_hash, healthy_since=now, now=now
             )
@@ -504,16 +527,30 @@ class CpService:
                 req.generation.closure_hash,
                 host,
             )
-            return 204
-        if row is not None and row.state == dec.PENDING:
-            store.set_dispatch_state(row.id, dec.ROLLED_BACK, now=now)
-        log.info(
-            "confirm: no matching pending row + no recoverable orphan - returning 410 "
-            "rollout=%s host=%s",
-            req.rollout,
-            host,
-        )
-        return 410
+        elif verdict is V.MISMATCH and op_row is not None:
+            reason = dec.confirm_mismatch(facts, op_row)
+            log.warning(
+                "confirm rejected: mismatch rollout=%s dispatched=%s wave=%d "
+                "confirmed=%s confirmed_wave=%d host=%s",
+                req.rollout,
+                op_row.target_closure_hash,
+                op_row.wave,
+                req.generation.closure_hash,
+                req.wave,
+                host,
+            )
+            raise ApiError(409, "conflict", reason)
+        else:
+            if row is not None and row.state == dec.PENDING:
+                store.set_dispatch_state(row.id, dec.ROLLED_BACK, now=now)
+            log.info(
+                "confirm: no matching pending row + no recoverable orphan - returning 410 "
+                "rollout=%s verdict=%s host=%s",
+                req.rollout,
+                verdict.value,
+                host,
+            )
+        return verdict
 
     def report(self, req: wire.ReportRequest, *, now: datetime) -> wire.ReportAccepted:
         store = self._store()

@@ -62,7 +62,7 @@ def row(
             None,
             d.NoTarget(reason=d.CONVERGED, record_converged=False),
         ),
-        (FACTS, PLAN, row(d.PENDING), None, d.NoTarget(reason=d.IN_FLIGHT)),
+        (FACTS, PLAN, row(d.PENDING, rid="b" * 64), None, d.NoTarget(reason=d.IN_FLIGHT)),
         (FACTS, replace(PLAN, rollout_id=None), None, None, d.NoTarget(reason=d.NO_DECLARATION)),
         (
             FACTS,
@@ -168,31 +168,60 @@ def test_ghost_loop_truncated_report_would_dispatch_every_time() -> None:
 CONFIRM = d.ConfirmFacts(hostname="h1", rollout_id=RID, closure_hash=DECLARED)
 
 
+V = d.ConfirmVerdict
+
+
 @pytest.mark.parametrize(
-    ("op", "plan", "expected"),
+    ("op", "plan", "confirm", "expected"),
     [
-        (row(d.PENDING), PLAN, d.CONFIRM_ACCEPT),
-        (row(d.DEFERRED, deadline=NOW - timedelta(hours=1)), PLAN, d.CONFIRM_ACCEPT),
-        (row(d.PENDING, deadline=NOW), replace(PLAN, closure_hash=OLD), d.CONFIRM_REJECT),
-        (row(d.PENDING, deadline=NOW - timedelta(seconds=1)), PLAN, d.CONFIRM_ORPHAN),
-        (None, PLAN, d.CONFIRM_ORPHAN),
-        (None, replace(PLAN, rollout_id="b" * 64), d.CONFIRM_REJECT),
-        (None, replace(PLAN, closure_hash=OLD), d.CONFIRM_REJECT),
-        (row(d.ROLLED_BACK), replace(PLAN, closure_hash=None), d.CONFIRM_REJECT),
+        (row(d.PENDING), PLAN, CONFIRM, V.ACCEPT),
+        (row(d.DEFERRED, deadline=NOW - timedelta(hours=1)), PLAN, CONFIRM, V.ACCEPT),
+        (row(d.PENDING, deadline=NOW), PLAN, CONFIRM, V.EXPIRED),
+        (row(d.PENDING, deadline=NOW - timedelta(seconds=1)), PLAN, CONFIRM, V.EXPIRED),
+        (row(d.CONFIRMED), PLAN, CONFIRM, V.ALREADY_CONFIRMED),
+        (row(d.ROLLED_BACK), PLAN, CONFIRM, V.EXPIRED),
+        (row(d.CANCELLED), PLAN, CONFIRM, V.EXPIRED),
+        (None, PLAN, CONFIRM, V.ORPHAN),
+        (None, replace(PLAN, rollout_id="b" * 64), CONFIRM, V.REJECT),
+        (None, replace(PLAN, closure_hash=OLD), CONFIRM, V.REJECT),
+        (None, replace(PLAN, wave_index=1), CONFIRM, V.REJECT),
+        (row(d.PENDING), PLAN, replace(CONFIRM, closure_hash=OLD), V.MISMATCH),
+        (row(d.PENDING), PLAN, replace(CONFIRM, closure_hash="anything"), V.MISMATCH),
+        (row(d.PENDING), PLAN, replace(CONFIRM, wave=-1), V.MISMATCH),
+        (row(d.PENDING), PLAN, replace(CONFIRM, wave=7), V.MISMATCH),
+        (row(d.PENDING), PLAN, replace(CONFIRM, wave=10**400), V.MISMATCH),
+        (row(d.CONFIRMED), PLAN, replace(CONFIRM, closure_hash=OLD), V.MISMATCH),
     ],
     ids=[
         "pending-in-time",
         "deferred",
-        "at-deadline-rejected",
-        "late-but-orphan-matches",
+        "at-deadline-expired",
+        "late-expired-even-if-declared",
+        "repeated-confirm",
+        "rolled-back-410",
+        "cancelled-410",
         "no-row-orphan",
         "other-rollout-410",
         "other-closure-410",
-        "rolled-back-410",
+        "orphan-other-wave-410",
+        "closure-never-dispatched",
+        "closure-garbage",
+        "wave-negative",
+        "wave-other",
+        "wave-huge",
+        "confirmed-row-other-closure",
     ],
 )
-def test_confirm(op: d.OpRow | None, plan: d.HostPlan, expected: str) -> None:
-    assert d.decide_confirm(CONFIRM, op, plan, NOW) == expected
+def test_confirm(
+    op: d.OpRow | None, plan: d.HostPlan, confirm: d.ConfirmFacts, expected: d.ConfirmVerdict
+) -> None:
+    assert d.decide_confirm(confirm, op, plan, NOW) is expected
+
+
+def test_mismatch_reason_names_both_closures() -> None:
+    bad = replace(CONFIRM, closure_hash=OLD)
+    reason = d.confirm_mismatch(bad, row(d.PENDING))
+    assert OLD in reason and DECLARED in reason and "h1" in reason
 
 
 def test_revive_lost_confirm() -> None:
@@ -238,9 +267,8 @@ def test_gate_is_consulted_only_when_it_changes_the_outcome() -> None:
         asked.append(1)
         return "quarantine: x"
 
-    assert d.decide_checkin(FACTS, PLAN, row(d.PENDING), gate, NOW) == d.NoTarget(
-        reason=d.IN_FLIGHT
-    )
+    reoffer = d.decide_checkin(FACTS, PLAN, row(d.PENDING), gate, NOW)
+    assert isinstance(reoffer, d.Dispatch) and reoffer.reoffer
     assert asked == []
     held = d.NoTarget(reason="held by fleet-level gate: quarantine: x")
     assert d.decide_checkin(FACTS, PLAN, None, gate, NOW) == held
@@ -255,3 +283,43 @@ def test_a_transient_fetch_failure_does_not_hold_the_host() -> None:
     assert isinstance(d.decide_checkin(facts, PLAN, None, NO_GATE, NOW), d.Dispatch)
     unknown = replace(FACTS, last_fetch_outcome=FetchOutcome(result="fetch-failed"))
     assert isinstance(d.decide_checkin(unknown, PLAN, None, NO_GATE, NOW), d.Dispatch)
+
+
+def test_pending_target_is_offered_again_to_a_host_that_lost_it() -> None:
+    """Issue 9 #12: an agent killed after receiving its target, before switching,
+    checks in idle on the old closure: the same row's target again, its own deadline."""
+    pending = row(d.PENDING, deadline=NOW + timedelta(seconds=200))
+    again = d.decide_checkin(FACTS, PLAN, pending, NO_GATE, NOW)
+    assert again == d.Dispatch(
+        rollout_id=RID,
+        closure_hash=DECLARED,
+        wave_index=0,
+        confirm_deadline=NOW + timedelta(seconds=200),
+        reoffer=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("facts", "plan", "op"),
+    [
+        (FACTS, PLAN, row(d.PENDING, deadline=NOW + timedelta(seconds=29))),
+        (FACTS, PLAN, row(d.PENDING, closure=OLD)),
+        (FACTS, PLAN, row(d.PENDING, rid="b" * 64)),
+        (FACTS, replace(PLAN, rollout_halted=True), row(d.PENDING)),
+        (FACTS, replace(PLAN, participation="Failed"), row(d.PENDING)),
+        (
+            replace(
+                FACTS,
+                last_fetch_outcome=FetchOutcome(result="verify-failed", rollout_id=RID),
+            ),
+            PLAN,
+            row(d.PENDING),
+        ),
+    ],
+    ids=["window-nearly-over", "other-closure", "other-rollout", "halted", "failed", "verify"],
+)
+def test_pending_target_is_not_offered_again(
+    facts: d.CheckinFacts, plan: d.HostPlan, op: d.OpRow
+) -> None:
+    decision = d.decide_checkin(facts, plan, op, NO_GATE, NOW)
+    assert isinstance(decision, d.NoTarget), decision
