@@ -402,6 +402,21 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def signed_at_of(raw: bytes) -> str:
+    """`meta.signedAt` of a signed fleet artifact's bytes."""
+    return str(json.loads(raw)["meta"]["signedAt"])
+
+
+def channel_signed_at(env: CpEnv) -> str:
+    """The `signed_at` the CP serves for channel `stable`, read as seed 001 verifies it."""
+    op = env.operator()
+    cmd = (
+        f"curl -sk --cacert {env.pki.ca.cert} --cert {op.cert} --key {op.key} "
+        f"https://127.0.0.1:{env.port}/v1/channels/stable | jq -r '.signed_at'"
+    )
+    return sh(cmd).strip()
+
+
 def assert_clean_log(cp: CpProcess) -> None:
     """No traceback, no 500 and no aiohttp handler error in the CP's log."""
     text = cp.log()

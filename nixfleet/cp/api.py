@@ -16,9 +16,13 @@ class ApiError(NixfleetError):
         self.retry_after = retry_after
 
 
-NOT_READY = ApiError(
-    503, "control plane not ready", "awaiting first signed artifact", retry_after=30
-)
+def not_ready(reason: str) -> ApiError:
+    """The readiness gate's answer: 503, Retry-After 30, saying what is awaited."""
+    return ApiError(503, "control plane not ready", reason, retry_after=30)
+
+
+AWAITING_FLEET = "awaiting the first verified fleet artifact (channel-refs or build-time)"
+NOT_READY = not_ready(AWAITING_FLEET)
 
 
 def unauthorized(message: str) -> ApiError:

@@ -19,7 +19,6 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from nixfleet import __version__
 from nixfleet.core import wire
 from nixfleet.core.canonical import load_json
 from nixfleet.core.dispatch import ConfirmVerdict
@@ -155,10 +154,15 @@ def _same_host(peer: Peer, hostname: str) -> None:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    tick = request.app[SERVICE].last_tick_at
-    return web.json_response(
-        {"ok": True, "version": __version__, "last_tick_at": tick and format_instant(tick)}
-    )
+    """Liveness (seed 001 reads `last_tick_at`); readiness rides along as fields."""
+    return web.json_response(request.app[SERVICE].health())
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 once every `/v1` call would be served, else 503 saying what is awaited."""
+    service = request.app[SERVICE]
+    service.require_ready()
+    return web.json_response({"ready": True})
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -241,6 +245,7 @@ def build_app(service: CpService, *, strict: bool, max_body_bytes: int) -> web.A
     app[SERVICE] = service
     app[STRICT] = strict
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_post("/v1/enroll", enroll)
     app.router.add_post("/v1/agent/renew", renew)
     app.router.add_get("/v1/whoami", whoami)

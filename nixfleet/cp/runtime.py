@@ -108,6 +108,8 @@ class SnapshotCache:
         return raw, sig
 
     def save(self, raw: bytes, sig: bytes) -> None:
+        """Write durably (temp file, fsync, rename, fsync the directory); raises OSError
+        and leaves the previous file in place when that is impossible (a full disk)."""
         if raw == self._saved:
             return
         doc = {
@@ -123,9 +125,16 @@ class SnapshotCache:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
         except OSError as exc:
-            log.warning("channel-refs: cannot write snapshot cache %s (%s)", self.path, exc)
-            return
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            exc.strerror = f"{self.path}: {exc.strerror or exc}"
+            raise
         self._saved = raw
 
 
@@ -235,9 +244,13 @@ class CpRuntime:
             return False
         try:
             raw, sig = await fetch_pair(self._session(), up, timeout)
-            installed = self.service.offer_fleet(raw, sig, now=utc_now(), source=SOURCE_UPSTREAM)
-            if installed and self.cache is not None:
-                self.cache.save(raw, sig)
+            self.service.offer_fleet(
+                raw,
+                sig,
+                now=utc_now(),
+                source=SOURCE_UPSTREAM,
+                record=self.cache.save if self.cache is not None else None,
+            )
             return True
         except NixfleetError as exc:
             self._poll_failed("channel-refs", exc)

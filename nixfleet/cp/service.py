@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from nixfleet import __version__
 from nixfleet.core import actions as act
 from nixfleet.core import dispatch as dec
 from nixfleet.core import health, wire
@@ -43,7 +44,7 @@ from nixfleet.core.trust import Trust
 from nixfleet.core.verify import verify_artifact
 
 from . import issuance
-from .api import NOT_READY, ApiError, unauthorized
+from .api import AWAITING_FLEET, NOT_READY, ApiError, not_ready, unauthorized
 from .metrics import CpMetrics
 from .store import Store
 
@@ -76,6 +77,8 @@ class _Memory:
     """fleet hashes of artifacts already refused as older than the snapshot."""
     failing_since: dict[str, datetime] = field(default_factory=dict)
     """H11: when each host's current streak of not-passing probes began."""
+    unrecorded: tuple[str, str] | None = None
+    """(signedAt, reason) of a newer artifact refused because it could not be recorded."""
 
 
 class CpService:
@@ -107,21 +110,65 @@ class CpService:
     # --- readiness and snapshots ---------------------------------------------------
 
     @property
-    def ready(self) -> bool:
+    def awaiting(self) -> str | None:
+        """What readiness still waits for, in words; None once ready."""
         s = self.settings
-        return (
-            self.snapshot is not None
-            and (self.mem.revocations_primed or not s.needs_revocations)
-            and (self.mem.allowlist is not None or not s.needs_nonces)
-        )
+        if self.snapshot is None:
+            return AWAITING_FLEET
+        if s.needs_revocations and not self.mem.revocations_primed:
+            return "awaiting the first verified revocations list (--revocations-artifact-url)"
+        if s.needs_nonces and self.mem.allowlist is None:
+            return (
+                "awaiting the first verified bootstrap-nonces allowlist "
+                "(--bootstrap-nonces-artifact-url)"
+            )
+        return None
+
+    @property
+    def ready(self) -> bool:
+        return self.awaiting is None
 
     def require_ready(self) -> None:
         """The readiness gate of every `/v1/*` call (503, Retry-After 30)."""
-        if not self.ready:
-            raise NOT_READY
+        awaiting = self.awaiting
+        if awaiting is not None:
+            raise not_ready(awaiting)
 
-    def offer_fleet(self, raw: bytes, signature: bytes, *, now: datetime, source: str) -> bool:
+    def health(self) -> dict[str, Any]:
+        """`/healthz`: liveness as seed 001 reads it, plus readiness and its reason and
+        the snapshot served (with a newer one refused, if it could not be recorded)."""
+        snap = self.snapshot
+        tick = self.last_tick_at
+        out: dict[str, Any] = {
+            "ok": True,
+            "version": __version__,
+            "last_tick_at": tick and format_instant(tick),
+            "ready": self.ready,
+            "awaiting": self.awaiting,
+            "snapshot": None
+            if snap is None
+            else {"signed_at": snap.signed_at_text, "source": snap.source},
+        }
+        if self.mem.unrecorded is not None:
+            signed_at, reason = self.mem.unrecorded
+            out["refused_snapshot"] = {"signed_at": signed_at, "reason": reason}
+        return out
+
+    def offer_fleet(
+        self,
+        raw: bytes,
+        signature: bytes,
+        *,
+        now: datetime,
+        source: str,
+        record: Callable[[bytes, bytes], None] | None = None,
+    ) -> bool:
         """Verify a fleet artifact and install it unless it is older than the current one.
+
+        `record` makes a newer artifact durable before it is served (the snapshot cache
+        for upstream artifacts). A snapshot that could not be recorded is never served:
+        a restart with the forge down would fall back to the recorded, older one, and
+        the fleet would step backwards (seed 000 stair-step, by way of a full disk).
 
         Raises VerifyError (the snapshot is then untouched)."""
         verified = verify_artifact(
@@ -148,6 +195,8 @@ class CpService:
             return False
         if current is not None and current.fleet_hash == digest:
             return True  # the same artifact again: nothing to project
+        if record is not None and not self._record(record, raw, signature, verified.signed_at_text):
+            return False
         candidate = snapshot_from_verified(verified, source=source)
         was_ready = self.ready
         self.snapshot = candidate
@@ -159,8 +208,33 @@ class CpService:
                 candidate.signed_at_text,
                 candidate.ci_commit,
             )
+        self._say_if_ready(was_ready)
+        return True
+
+    def _say_if_ready(self, was_ready: bool) -> None:
         if not was_ready and self.ready:
-            log.info("control plane ready: first signed artifact verified")
+            log.info("control plane ready: every awaited signed artifact verified")
+        elif not self.ready:
+            log.info("control plane not ready: %s", self.awaiting)
+
+    def _record(
+        self, record: Callable[[bytes, bytes], None], raw: bytes, sig: bytes, signed_at: str
+    ) -> bool:
+        try:
+            record(raw, sig)
+        except OSError as exc:
+            reason = f"cannot record it durably: {exc.strerror or exc}"
+            if self.mem.unrecorded != (signed_at, reason):  # said once per artifact and cause
+                log.error(
+                    "channel-refs: refusing newer snapshot signed_at=%s (%s); still serving "
+                    "signed_at=%s",
+                    signed_at,
+                    reason,
+                    self.snapshot.signed_at_text if self.snapshot else None,
+                )
+            self.mem.unrecorded = (signed_at, reason)
+            return False
+        self.mem.unrecorded = None
         return True
 
     def offer_revocations(self, raw: bytes, signature: bytes, *, now: datetime) -> None:
@@ -173,6 +247,7 @@ class CpService:
             source="revocations.json",
         )
         doc = parse_revocations(verified.value)
+        was_ready = self.ready
         store = self._store()
         applied, pruned = store.replace_sidecar_revocations(doc.revocations, now=now)
         if not self.mem.revocations_primed:
@@ -184,6 +259,7 @@ class CpService:
             applied,
             pruned,
         )
+        self._say_if_ready(was_ready)
 
     def offer_nonces(self, raw: bytes, signature: bytes, *, now: datetime) -> None:
         verified = verify_artifact(
@@ -194,11 +270,13 @@ class CpService:
             window_secs=self.settings.freshness_window_secs,
             source="bootstrap-nonces.json",
         )
+        was_ready = self.ready
         self.mem.allowlist = nonce_allowlist(parse_bootstrap_nonces(verified.value))
         log.info(
             "bootstrap-nonces poll: allowlist verified + applied entries=%d",
             len(self.mem.allowlist),
         )
+        self._say_if_ready(was_ready)
 
     def _snapshot(self) -> FleetSnapshot:
         if self.snapshot is None:

@@ -9,24 +9,20 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from harness.cpenv import CpEnv, CpProcess, MakeEnv, curl, declared, sh
+from harness.cpenv import (
+    CpEnv,
+    CpProcess,
+    MakeEnv,
+    channel_signed_at,
+    curl,
+    declared,
+    sh,
+    signed_at_of,
+)
 
 RETAIN = "channel-refs: forgejo poll failed; retaining previous cache: "
 PRIMED = "primed verified-fleet from channel-refs source before opening listener"
 TRUST_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR")
-
-
-def signed_at_of(raw: bytes) -> str:
-    return str(json.loads(raw)["meta"]["signedAt"])
-
-
-def channel_signed_at(env: CpEnv) -> str:
-    op = env.operator()
-    cmd = (
-        f"curl -sk --cacert {env.pki.ca.cert} --cert {op.cert} --key {op.key} "
-        f"https://127.0.0.1:{env.port}/v1/channels/stable | jq -r '.signed_at'"
-    )
-    return sh(cmd).strip()
 
 
 def two_releases(env: CpEnv) -> tuple[str, str, tuple[Path, Path]]:
