@@ -73,6 +73,9 @@ REPORT_RETENTION: Final = timedelta(days=7)
 ROLLOUT_RETENTION: Final = timedelta(days=90)
 REPORT_RING: Final = 32
 """Reports kept in memory per host (lifecycle §4.8); `recent_reports`' default."""
+REPORTS_PER_HOST: Final = 512
+"""Reports kept per host at most (besides the 7-day retention): a host, faulty or
+hostile, cannot fill the CP's disk with reports. The oldest go first."""
 
 DEFAULT_BUSY_TIMEOUT_MS: Final = 5_000
 
@@ -982,6 +985,44 @@ class Store:
                 (hostname, _text(not_before), reason, revoked_by, _text(now)),
             )
 
+    def restore_revocation(
+        self,
+        hostname: str,
+        not_before_text: str,
+        *,
+        revoked_at_text: str,
+        reason: str | None,
+        revoked_by: str | None,
+    ) -> bool:
+        """Put back an operator row from the operator journal, its text as written.
+        An operator row already there is left alone; a sidecar row becomes the
+        operator's, keeping its `not_before` if that is the later. True: written."""
+        with self._tx() as conn:
+            return (
+                conn.execute(
+                    "INSERT INTO cert_revocations (hostname, not_before, reason, revoked_by, "
+                    "revoked_at, source) VALUES (?, ?, ?, ?, ?, 'operator') "
+                    "ON CONFLICT (hostname) DO UPDATE SET source = 'operator', "
+                    "reason = excluded.reason, revoked_by = excluded.revoked_by, "
+                    "not_before = CASE WHEN instant_before(excluded.not_before, "
+                    "cert_revocations.not_before) THEN cert_revocations.not_before "
+                    "ELSE excluded.not_before END WHERE cert_revocations.source = 'sidecar'",
+                    (hostname, not_before_text, reason, revoked_by, revoked_at_text),
+                ).rowcount
+                > 0
+            )
+
+    def unrevoke(self, hostname: str) -> bool:
+        """Delete the operator row of `hostname` (sidecar rows are the sidecar's)."""
+        with self._tx() as conn:
+            return (
+                conn.execute(
+                    "DELETE FROM cert_revocations WHERE hostname = ? AND source = 'operator'",
+                    (hostname,),
+                ).rowcount
+                > 0
+            )
+
     def replace_sidecar_revocations(
         self, entries: Iterable[Revocation], *, now: datetime
     ) -> tuple[int, int]:
@@ -1072,7 +1113,14 @@ class Store:
                 (hostname, event_id, _text(now), event_kind, rollout, signature_status,
                  report_json),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            conn.execute(
+                "DELETE FROM host_reports WHERE hostname = :h AND id <= (SELECT id FROM "
+                "host_reports WHERE hostname = :h ORDER BY id DESC LIMIT 1 OFFSET :keep)",
+                {"h": hostname, "keep": REPORTS_PER_HOST},
+            )
+            return True
 
     def recent_reports(self, hostname: str, *, limit: int = REPORT_RING) -> list[ReportRecord]:
         """The host's newest `limit` reports, oldest first (the in-memory ring)."""

@@ -651,6 +651,22 @@ def test_reports(store: Store) -> None:
     assert store.report_hostnames() == ["web-01"]
 
 
+def test_reports_per_host_are_bounded(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 9 #10: a host cannot grow host_reports without bound; other hosts keep theirs."""
+    monkeypatch.setattr(store_module, "REPORTS_PER_HOST", 5)
+    other = wire.ReportRequest(
+        hostname="web-02", agent_version="0.1.0", occurred_at=T0, rollout=None,
+        event="activation-started", details={},
+    )
+    store.insert_report(other, event_id="o0", signature_status="unsigned", now=T0)
+    for i in range(12):
+        store.insert_report(_report("activation-started"), event_id=f"e{i}",
+                            signature_status="unsigned", now=T0 + timedelta(seconds=i))
+    kept = [r.event_id for r in store.recent_reports("web-01", limit=100)]
+    assert kept == [f"e{i}" for i in range(7, 12)]
+    assert [r.event_id for r in store.recent_reports("web-02")] == ["o0"]
+
+
 def test_quarantine(store: Store) -> None:
     assert store.quarantine("stable", CLOSURE_A, now=T0, reason="probes failing")
     assert not store.quarantine("stable", CLOSURE_A, now=T0)
