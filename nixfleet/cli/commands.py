@@ -9,14 +9,18 @@ from . import (
     derive_pubkey,
     fingerprint,
     keygen,
+    mint_operator_cert,
     mint_token,
     reconcile_cmd,
     release,
+    revoke,
     verify_artifact,
 )
 
 ALL: list[ModuleType] = [
     mint_token,
+    mint_operator_cert,
+    revoke,
     derive_pubkey,
     fingerprint,
     keygen,

@@ -927,6 +927,16 @@ class Store:
             r = conn.execute("SELECT 1 FROM token_replay WHERE nonce = ?", (nonce,)).fetchone()
         return r is not None
 
+    def restore_nonces(self, spent: Iterable[tuple[str, str, datetime]]) -> int:
+        """Put back spent (nonce, hostname, first_seen) from the operator journal, in one
+        transaction (one fsync, however many). Returns how many were missing."""
+        with self._tx() as conn:
+            return conn.executemany(
+                "INSERT INTO token_replay (nonce, hostname, first_seen) VALUES (?, ?, ?) "
+                "ON CONFLICT (nonce) DO NOTHING",
+                [(n, h, _text(at)) for n, h, at in spent],
+            ).rowcount
+
     # --- cert_revocations ----------------------------------------------------------------
 
     def is_revoked(self, hostname: str, cert_not_before: datetime) -> bool:
