@@ -524,7 +524,8 @@ def cp_args(env: CpEnv) -> list[str]:
             skip = True
             continue
         out.append(a)
-    return out
+    # Every simulated agent connects from 127.0.0.1: lift the per-peer connection cap.
+    return [*out, "--max-connections-per-peer", "0"]
 
 
 def db_counts(db: Path) -> str:

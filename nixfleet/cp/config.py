@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nixfleet.cli.envflags import add_env_flag
+from nixfleet.core.agent import MIN_CONFIRM_WINDOW_SECS
 from nixfleet.core.errors import BadInput
 
 ENV_PREFIX = "NIXFLEET_CP_"
 DEFAULT_LISTEN = "0.0.0.0:8443"
 DEFAULT_DB = "/var/lib/nixfleet-cp/state.db"
 DEFAULT_TRUST = "/etc/nixfleet/cp/trust.json"
+JOURNAL_FILE = "operator-journal.jsonl"
+DEFAULT_PRIME_TIMEOUT_SECS = 10.0
+DEFAULT_BODY_READ_TIMEOUT_SECS = 30.0
+DEFAULT_HANDSHAKE_TIMEOUT_SECS = 10.0
+DEFAULT_KEEPALIVE_TIMEOUT_SECS = 75.0
+"""Above the agents' 60 s poll and their own 70 s idle drop (agent/transport.py)."""
+DEFAULT_MAX_CONNECTIONS_PER_PEER = 1024
+MAX_TIMEOUT_SECS = 3600.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -22,6 +31,15 @@ class Upstream:
     artifact_url: str
     signature_url: str
     token_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionLimits:
+    """What the listener tolerates from one connection (see listener.py)."""
+
+    handshake_timeout_secs: float = DEFAULT_HANDSHAKE_TIMEOUT_SECS
+    keepalive_timeout_secs: float = DEFAULT_KEEPALIVE_TIMEOUT_SECS
+    max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,10 +69,13 @@ class CpConfig:
     tick_interval_secs: float = 30.0
     poll_interval_secs: float = 60.0
     sweep_interval_secs: float = 30.0
-    prime_timeout_secs: float = 20.0
+    prime_timeout_secs: float = DEFAULT_PRIME_TIMEOUT_SECS
     poll_timeout_secs: float = 15.0
     max_body_bytes: int = 1_048_576
+    body_read_timeout_secs: float = DEFAULT_BODY_READ_TIMEOUT_SECS
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     snapshot_cache: Path | None = None
+    operator_journal: Path | None = None
     strict: bool = False
 
 
@@ -89,9 +110,46 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     flag("--sweep-interval-secs", type=float, default=30.0, help="rollback sweep period")
     flag("--max-body-bytes", type=int, default=1_048_576, help="largest accepted request body")
     flag(
+        "--prime-timeout-secs",
+        type=float,
+        default=DEFAULT_PRIME_TIMEOUT_SECS,
+        help="bound on the whole upstream prime before the port binds",
+    )
+    flag(
+        "--tls-handshake-timeout-secs",
+        type=float,
+        default=DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+        help="drop a connection that has not finished the TLS handshake by then",
+    )
+    flag(
+        "--keepalive-timeout-secs",
+        type=float,
+        default=DEFAULT_KEEPALIVE_TIMEOUT_SECS,
+        help="close a connection idle this long (keep above the agents' 60 s poll)",
+    )
+    flag(
+        "--body-read-timeout-secs",
+        type=float,
+        default=DEFAULT_BODY_READ_TIMEOUT_SECS,
+        help="answer 408 and close when a request body takes longer to arrive",
+    )
+    flag(
+        "--max-connections-per-peer",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS_PER_PEER,
+        help="concurrent connections from one address; a site behind NAT needs one per "
+        "agent (0 = no cap)",
+    )
+    flag(
         "--snapshot-cache",
         help="where the last verified upstream artifact is kept across restarts "
         "(default: verified-fleet.json beside --db-path; 'none' disables)",
+    )
+    flag(
+        "--operator-journal",
+        help="append-only file of operator revocations and spent token nonces, replayed "
+        f"at start so the DR wipe keeps them (default: {JOURNAL_FILE} beside --db-path; "
+        "'none' disables)",
     )
     flag("--strict", action="store_true", help="require the protocol header and all sidecars")
 
@@ -116,10 +174,17 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def _snapshot_cache(text: str | None, db_path: Path | None) -> Path | None:
+def beside_db(text: str | None, db_path: Path | None, name: str) -> Path | None:
+    """A state file's path flag: as given, 'none' (disabled), or `name` beside the DB."""
     if text is not None:
         return None if text.strip().lower() in ("", "none") else Path(text)
-    return db_path.parent / "verified-fleet.json" if db_path is not None else None
+    return db_path.parent / name if db_path is not None else None
+
+
+def _secs(value: float, flag: str) -> float:
+    if not 0 < value <= MAX_TIMEOUT_SECS:  # also refuses nan
+        raise BadInput(f"{flag} must be > 0 and ≤ {MAX_TIMEOUT_SECS:g}, got {value:g}")
+    return value
 
 
 def config_from_args(args: argparse.Namespace) -> CpConfig:
@@ -132,8 +197,17 @@ def config_from_args(args: argparse.Namespace) -> CpConfig:
         raise BadInput("--artifact and --signature go together")
     if args.max_body_bytes < 1:
         raise BadInput("--max-body-bytes must be ≥ 1")
-    if args.confirm_deadline_secs < 1 or args.agent_cert_validity_secs < 60:
-        raise BadInput("--confirm-deadline-secs must be ≥ 1 and --agent-cert-validity-secs ≥ 60")
+    if args.max_connections_per_peer < 0:
+        raise BadInput("--max-connections-per-peer must be ≥ 0 (0 = no cap)")
+    if args.confirm_deadline_secs < MIN_CONFIRM_WINDOW_SECS:
+        raise BadInput(
+            f"--confirm-deadline-secs must be ≥ {MIN_CONFIRM_WINDOW_SECS}, got "
+            f"{args.confirm_deadline_secs} (agents switch inside the window and retry a "
+            "failed confirm at least 3 times before their watchdog rolls back; a real "
+            "switch may take 300 s, hence the default 360)"
+        )
+    if args.agent_cert_validity_secs < 60:
+        raise BadInput("--agent-cert-validity-secs must be ≥ 60")
     cfg = CpConfig(
         host=host,
         port=port,
@@ -161,7 +235,17 @@ def config_from_args(args: argparse.Namespace) -> CpConfig:
         poll_interval_secs=args.poll_interval_secs,
         sweep_interval_secs=args.sweep_interval_secs,
         max_body_bytes=args.max_body_bytes,
-        snapshot_cache=_snapshot_cache(args.snapshot_cache, args.db_path),
+        prime_timeout_secs=_secs(args.prime_timeout_secs, "--prime-timeout-secs"),
+        body_read_timeout_secs=_secs(args.body_read_timeout_secs, "--body-read-timeout-secs"),
+        limits=ConnectionLimits(
+            handshake_timeout_secs=_secs(
+                args.tls_handshake_timeout_secs, "--tls-handshake-timeout-secs"
+            ),
+            keepalive_timeout_secs=_secs(args.keepalive_timeout_secs, "--keepalive-timeout-secs"),
+            max_connections_per_peer=args.max_connections_per_peer,
+        ),
+        snapshot_cache=beside_db(args.snapshot_cache, args.db_path, "verified-fleet.json"),
+        operator_journal=beside_db(args.operator_journal, args.db_path, JOURNAL_FILE),
         strict=args.strict,
     )
     if cfg.strict and (

@@ -1,7 +1,7 @@
 """The CP's aiohttp shell: parse, call `CpService`, encode. Handlers decide nothing.
 
 Layers on `/v1/*` and `/metrics`, outermost first (protocol §1.1): readiness gate,
-`X-Nixfleet-Protocol`, then mTLS identity and revocation. `/healthz` bypasses them.
+`X-Nixfleet-Protocol`, then mTLS identity, revocation and role. `/healthz` bypasses them.
 Errors of every kind become one JSON body `{"error": …, "reason": …}` here.
 """
 
@@ -26,6 +26,10 @@ from nixfleet.core.errors import NixfleetError, ParseError
 from nixfleet.core.timeutil import format_instant
 
 from .api import CONFIRM_STATUS, ApiError, forbidden, unauthorized
+from .config import DEFAULT_BODY_READ_TIMEOUT_SECS
+from .dbtrouble import db_trouble_middleware
+from .issuance import Role, role_of
+from .listener import body_deadline
 from .service import CpService
 
 log = logging.getLogger("nixfleet.cp")
@@ -35,6 +39,10 @@ STRICT = web.AppKey("strict", bool)
 PROTOCOL_HEADER = "X-Nixfleet-Protocol"
 PROTOCOL_MAJOR = 1
 ANONYMOUS = frozenset({"/v1/enroll", "/v1/agent/bootstrap-report"})
+AGENT_PREFIX = "/v1/agent/"
+"""A host's own routes: agent certificates only."""
+AGENT_READS = frozenset({"/v1/whoami", "/v1/rollouts/{rid}", "/v1/rollouts/{rid}/sig"})
+"""The other routes an agent calls; every other mTLS route needs an operator certificate."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -95,17 +103,20 @@ async def gates_middleware(request: web.Request, handler: Handler) -> web.Stream
         if major != PROTOCOL_MAJOR:
             raise ApiError(426, "upgrade required", f"protocol major {major} != {PROTOCOL_MAJOR}")
     if path not in ANONYMOUS:
-        request["peer"] = _authenticate(request, service)
+        peer = _authenticate(request, service)
+        _authorize(peer, request)
+        request["peer"] = peer
     return await handler(request)
 
 
 class Peer:
-    __slots__ = ("cn", "machine_id", "not_before")
+    __slots__ = ("cn", "machine_id", "not_before", "role")
 
-    def __init__(self, cn: str, machine_id: str, not_before: datetime) -> None:
+    def __init__(self, cn: str, machine_id: str, not_before: datetime, role: Role) -> None:
         self.cn = cn
         self.machine_id = machine_id
         self.not_before = not_before
+        self.role = role
 
 
 def _authenticate(request: web.Request, service: CpService) -> Peer:
@@ -126,7 +137,22 @@ def _authenticate(request: web.Request, service: CpService) -> Peer:
     if service.is_revoked(machine_id, not_before):
         log.warning("rejecting revoked cert cert_revocations hostname=%s cn=%s", machine_id, cn)
         raise unauthorized(f"certificate for {machine_id} is revoked")
-    return Peer(cn, machine_id, not_before)
+    return Peer(cn, machine_id, not_before, role_of(cn))
+
+
+def _authorize(peer: Peer, request: web.Request) -> None:
+    """Role separation (decisions.md): an agent certificate reaches its own host's
+    routes and the manifests it verifies; fleet-wide reads need an operator's, which
+    in turn never speaks for a host."""
+    resource = request.match_info.route.resource
+    if request.match_info.http_exception is not None or resource is None:
+        return  # no such route or method: the router's 404/405 follows
+    route = resource.canonical
+    if route.startswith(AGENT_PREFIX):
+        if peer.role is not Role.AGENT:
+            raise forbidden(f"{route} is for agent certificates; {peer.cn} is an operator")
+    elif peer.role is Role.AGENT and route not in AGENT_READS:
+        raise forbidden(f"{route} needs an operator certificate; {peer.cn} is an agent")
 
 
 def _peer(request: web.Request) -> Peer:
@@ -238,10 +264,20 @@ async def metrics(request: web.Request) -> web.Response:
     return resp
 
 
-def build_app(service: CpService, *, strict: bool, max_body_bytes: int) -> web.Application:
-    app = web.Application(
-        middlewares=[errors_middleware, gates_middleware], client_max_size=max_body_bytes
-    )
+def build_app(
+    service: CpService,
+    *,
+    strict: bool,
+    max_body_bytes: int,
+    body_read_timeout: float = DEFAULT_BODY_READ_TIMEOUT_SECS,
+) -> web.Application:
+    middlewares = [
+        errors_middleware,
+        db_trouble_middleware,
+        gates_middleware,
+        body_deadline(body_read_timeout),
+    ]
+    app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[SERVICE] = service
     app[STRICT] = strict
     app.router.add_get("/healthz", healthz)

@@ -1,7 +1,7 @@
 """`nixfleet-control-plane serve`: open the DB, prime, then listen.
 
-Everything that can refuse start-up (flags, trust file, migrations, the fleet CA)
-is checked before the port binds, and refuses with one line and exit 2.
+Everything that can refuse start-up (flags, trust file, migrations, the operator journal,
+the fleet CA) is checked before the port binds, and refuses with one line and exit 2.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import asyncio.sslproto
 import gc
 import logging
 import signal
+import sqlite3
 import ssl
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -28,6 +29,8 @@ from nixfleet.logsetup import configure_logging
 from . import issuance
 from .config import CpConfig, add_serve_flags, config_from_args
 from .http import build_app
+from .journal import OperatorJournal
+from .listener import CpSite
 from .migrate import MigrationError
 from .rollouts import RolloutsDir
 from .runtime import CpRuntime
@@ -63,9 +66,33 @@ def server_ssl_context(cfg: CpConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def open_store(path: Path) -> Store:
+    try:
+        return Store.open(path)
+    except sqlite3.Error as exc:  # e.g. a full disk: the migrations cannot be written
+        raise BadInput(f"cannot open state DB {path} ({exc})") from exc
+
+
+def open_journal(cfg: CpConfig, store: Store | None) -> OperatorJournal | None:
+    """Replay the operator journal into the DB (the wipe must not readmit anyone)."""
+    if store is None:
+        return None
+    if cfg.operator_journal is None:
+        log.warning(
+            "operator journal disabled (--operator-journal none): the DR wipe forgets "
+            "operator revocations and spent bootstrap tokens"
+        )
+        return None
+    try:
+        return OperatorJournal.open(cfg.operator_journal, store, now=datetime.now(UTC))
+    except sqlite3.Error as exc:
+        raise BadInput(f"cannot replay the operator journal into {store.path} ({exc})") from exc
+
+
 def build_service(cfg: CpConfig) -> CpService:
     load_trust(cfg.trust_file)  # refuse to start on an unreadable or invalid trust file
-    store = Store.open(cfg.db_path) if cfg.db_path is not None else None
+    store = open_store(cfg.db_path) if cfg.db_path is not None else None
+    journal = open_journal(cfg, store)
     fleet_ca = None
     if cfg.fleet_ca_cert is not None and cfg.fleet_ca_key is not None:
         fleet_ca = issuance.load_fleet_ca(
@@ -94,6 +121,7 @@ def build_service(cfg: CpConfig) -> CpService:
         fleet_ca=fleet_ca,
         audit=audit,
         manifest_source=RolloutsDir(cfg.rollouts_dir) if cfg.rollouts_dir else None,
+        journal=journal,
     )
 
 
@@ -122,10 +150,15 @@ async def serve(cfg: CpConfig) -> int:
     runtime = CpRuntime(cfg, service)
     await runtime.start()
     tune_for_many_connections()
-    app = build_app(service, strict=cfg.strict, max_body_bytes=cfg.max_body_bytes)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=25)
+    app = build_app(
+        service,
+        strict=cfg.strict,
+        max_body_bytes=cfg.max_body_bytes,
+        body_read_timeout=cfg.body_read_timeout_secs,
+    )
+    runner = web.AppRunner(app, shutdown_timeout=25)
     await runner.setup()
-    site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=ctx)
+    site = CpSite(runner, cfg.host, cfg.port, ssl_context=ctx, limits=cfg.limits)
     try:
         await site.start()
     except OSError as exc:

@@ -13,10 +13,12 @@ import contextlib
 import json
 import logging
 import os
+import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import aiohttp
 
@@ -24,12 +26,22 @@ from nixfleet.core.errors import NixfleetError
 from nixfleet.core.snapshot import SOURCE_BUILD_TIME, SOURCE_UPSTREAM
 
 from .config import CpConfig, Upstream
+from .dbtrouble import absorbed
+from .journal import SYNC_INTERVAL_SECS
 from .service import CpService
 
 log = logging.getLogger("nixfleet.cp")
 
 PRUNE_INTERVAL_SECS = 3600.0
 SOURCE_CACHE = "cache"
+
+T = TypeVar("T")
+
+
+class Offer(Protocol):
+    """`CpService.offer_revocations` / `offer_nonces`."""
+
+    def __call__(self, raw: bytes, signature: bytes, *, now: datetime) -> None: ...
 
 
 class UpstreamError(NixfleetError):
@@ -153,6 +165,7 @@ class CpRuntime:
         connector = aiohttp.TCPConnector(ssl=upstream_ssl_context(self.config.upstream_ca))
         self.session = aiohttp.ClientSession(connector=connector)
         await self.prime()
+        journal_period = min(self.config.tick_interval_secs, SYNC_INTERVAL_SECS)
         for name, period, job, first in (
             (
                 "tick",
@@ -168,6 +181,7 @@ class CpRuntime:
                 self.config.poll_interval_secs,
             ),
             ("prune", PRUNE_INTERVAL_SECS, self.prune_once, PRUNE_INTERVAL_SECS),
+            ("journal", journal_period, self.journal_once, journal_period),
         ):
             self.tasks.append(asyncio.create_task(self._every(name, period, first, job)))
 
@@ -177,6 +191,9 @@ class CpRuntime:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Seed 001 stops the service before the wipe: a row inserted since the last
+        # scan is journaled now.
+        await self._run("journal", self.journal_once)
         if self.session is not None:
             await self.session.close()
 
@@ -185,31 +202,71 @@ class CpRuntime:
     ) -> None:
         await asyncio.sleep(first)
         while True:
-            try:
-                await job()
-            except NixfleetError as exc:
-                log.warning("%s: %s", name, exc)
-            except Exception:
-                log.exception("%s: unexpected failure", name)
+            await self._run(name, job)
             await asyncio.sleep(period)
+
+    async def _run(self, name: str, job: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await job()
+        except NixfleetError as exc:
+            log.warning("%s: %s", name, exc)
+        except Exception as exc:
+            if not absorbed(exc, during=name):
+                log.exception("%s: unexpected failure", name)
 
     # --- prime and polls -------------------------------------------------------------
 
     async def prime(self) -> None:
         """Upstream first (seed 000 stair-step fix), then the last verified upstream
         artifact from the cache; the build-time artifact only if both fail. Whatever
-        the order, the snapshot never goes back to an older `signedAt`."""
-        if self.config.channel_refs is not None:
-            ok = await self._poll_channel_refs(timeout=self.config.prime_timeout_secs)
-            if ok:
-                log.info(
-                    "channel-refs: primed verified-fleet from channel-refs source before "
-                    "opening listener"
-                )
+        the order, the snapshot never goes back to an older `signedAt`.
+
+        The whole prime, every fetch included, ends by `--prime-timeout-secs`: a forge
+        that accepts connections and never answers delays the listener that long, no more.
+        """
+        cfg = self.config
+        deadline = asyncio.get_running_loop().time() + cfg.prime_timeout_secs
+        if cfg.channel_refs is not None and await self._prime_step(
+            deadline,
+            "channel-refs",
+            cfg.channel_refs,
+            self._poll_channel_refs(timeout=cfg.poll_timeout_secs),
+            then="starting from the snapshot cache or the build-time artifact",
+        ):
+            log.info(
+                "channel-refs: primed verified-fleet from channel-refs source before "
+                "opening listener"
+            )
         self.offer_cache()
         if self.service.snapshot is None:
             self.offer_build_time()
-        await self._poll_sidecars()
+        for what, up, offer in self._sidecars():
+            await self._prime_step(
+                deadline,
+                what,
+                up,
+                self._poll_sidecar(what, up, offer),
+                then=f"next try at the poll in {cfg.poll_interval_secs:g} s",
+            )
+
+    async def _prime_step(
+        self, deadline: float, what: str, up: Upstream, step: Awaitable[T], *, then: str
+    ) -> T | None:
+        bound = asyncio.timeout_at(deadline)
+        try:
+            async with bound:
+                return await step
+        except TimeoutError:
+            if not bound.expired():
+                raise
+        log.warning(
+            "%s: prime gave up after %g s waiting for %s; %s",
+            what,
+            self.config.prime_timeout_secs,
+            up.artifact_url,
+            then,
+        )
+        return None
 
     def offer_cache(self) -> bool:
         if self.cache is None:
@@ -256,22 +313,27 @@ class CpRuntime:
             self._poll_failed("channel-refs", exc)
             return False
 
+    def _sidecars(self) -> list[tuple[str, Upstream, Offer]]:
+        cfg, svc = self.config, self.service
+        pairs = (
+            ("revocations", cfg.revocations, svc.offer_revocations),
+            ("bootstrap-nonces", cfg.bootstrap_nonces, svc.offer_nonces),
+        )
+        return [(what, up, offer) for what, up, offer in pairs if up is not None]
+
     async def _poll_sidecars(self) -> None:
-        cfg = self.config
-        if cfg.revocations is not None:
-            try:
-                raw, sig = await fetch_pair(self._session(), cfg.revocations, cfg.poll_timeout_secs)
-                self.service.offer_revocations(raw, sig, now=utc_now())
-            except NixfleetError as exc:
-                self._poll_failed("revocations", exc)
-        if cfg.bootstrap_nonces is not None:
-            try:
-                raw, sig = await fetch_pair(
-                    self._session(), cfg.bootstrap_nonces, cfg.poll_timeout_secs
-                )
-                self.service.offer_nonces(raw, sig, now=utc_now())
-            except NixfleetError as exc:
-                self._poll_failed("bootstrap-nonces", exc)
+        for what, up, offer in self._sidecars():
+            await self._poll_sidecar(what, up, offer)
+
+    async def _poll_sidecar(self, what: str, up: Upstream, offer: Offer) -> None:
+        try:
+            raw, sig = await fetch_pair(self._session(), up, self.config.poll_timeout_secs)
+            offer(raw, sig, now=utc_now())
+        except NixfleetError as exc:
+            self._poll_failed(what, exc)
+        except sqlite3.DatabaseError as exc:
+            if not absorbed(exc, during=f"{what} poll"):
+                raise
 
     def _poll_failed(self, what: str, exc: NixfleetError) -> None:
         log.warning(
@@ -301,3 +363,7 @@ class CpRuntime:
     async def prune_once(self) -> None:
         if self.service.store is not None:
             self.service.prune(now=utc_now())
+
+    async def journal_once(self) -> None:
+        if self.service.journal is not None:
+            self.service.journal.sync(now=utc_now())

@@ -18,8 +18,8 @@ from typing import Any
 
 from nixfleet import __version__
 from nixfleet.core import actions as act
+from nixfleet.core import clockskew, health, wire
 from nixfleet.core import dispatch as dec
-from nixfleet.core import health, wire
 from nixfleet.core.canonical import canonicalize, sha256_hex
 from nixfleet.core.errors import NixfleetError, VerifyError
 from nixfleet.core.gates import GateMode, GateView, first_block, needs_host_states
@@ -45,6 +45,7 @@ from nixfleet.core.verify import verify_artifact
 
 from . import issuance
 from .api import AWAITING_FLEET, NOT_READY, ApiError, not_ready, unauthorized
+from .journal import OperatorJournal
 from .metrics import CpMetrics
 from .store import Store
 
@@ -77,6 +78,8 @@ class _Memory:
     """fleet hashes of artifacts already refused as older than the snapshot."""
     failing_since: dict[str, datetime] = field(default_factory=dict)
     """H11: when each host's current streak of not-passing probes began."""
+    skew_warned: dict[str, clockskew.SkewWarned] = field(default_factory=dict)
+    """The last clock-skew warning per host whose clock is still off."""
     unrecorded: tuple[str, str] | None = None
     """(signedAt, reason) of a newer artifact refused because it could not be recorded."""
 
@@ -92,6 +95,7 @@ class CpService:
         audit: Callable[[str], None] | None = None,
         metrics: CpMetrics | None = None,
         manifest_source: Callable[[str], tuple[bytes, bytes] | None] | None = None,
+        journal: OperatorJournal | None = None,
     ) -> None:
         self.store = store
         self.trust = trust
@@ -101,6 +105,8 @@ class CpService:
         self.metrics = metrics or CpMetrics()
         self.manifest_source = manifest_source
         """rolloutId → (manifest bytes, raw CI signature), e.g. `--rollouts-dir`."""
+        self.journal = journal
+        """Keeps operator revocations and spent nonces through the DR wipe."""
         self.snapshot: FleetSnapshot | None = None
         self.last_tick_at: datetime | None = None
         self.mem = _Memory()
@@ -376,6 +382,8 @@ class CpService:
             fetch.result if fetch else None,
             host,
         )
+        if req.sent_at is not None:
+            self._note_clock(host, clockskew.skew_secs(req.sent_at, now), now)
         snap = self.snapshot
         if snap is None or self.store is None:
             return wire.CheckinResponse()
@@ -415,6 +423,25 @@ class CpService:
         elif decision.reason.startswith("held by fleet-level gate"):
             log.info("dispatch: %s host=%s", decision.reason, host)
         return wire.CheckinResponse(target=target, rollback=self._rollback_signal(snap, plan, host))
+
+    def _note_clock(self, host: str, skew: int, now: datetime) -> None:
+        """Publish the host's clock skew; warn (rate-limited) while it is off, and say
+        once when it is right again."""
+        self.metrics.clock_skew.labels(host=host).set(skew)
+        last = self.mem.skew_warned.get(host)
+        if clockskew.should_warn(skew, last, now):
+            self.mem.skew_warned[host] = clockskew.SkewWarned(at=now, skew_secs=skew)
+            log.warning(
+                "clock skew: agent clock is %d s %s the control plane's; fix the host "
+                "clock skew_secs=%d host=%s",
+                abs(skew),
+                "behind" if skew < 0 else "ahead of",
+                skew,
+                host,
+            )
+        elif last is not None and not clockskew.is_skewed(skew):
+            del self.mem.skew_warned[host]
+            log.info("clock skew: agent clock is right again skew_secs=%d host=%s", skew, host)
 
     def _recover(
         self,
@@ -708,6 +735,8 @@ class CpService:
         # The CA check comes before the nonce is consumed (the reference checks it
         # last): a CP started without a fleet CA must not burn a valid token.
         self._fleet_ca()
+        if self.journal is not None:  # durable before the claim: a 503 leaves it unspent
+            self.journal.nonce_spent(claims.nonce, claims.hostname, now=now)
         if not store.record_nonce(claims.nonce, claims.hostname, now=now):
             raise ApiError(409, "conflict", f"token nonce {claims.nonce} already used")
         issued = self._issue(
@@ -924,6 +953,11 @@ class CpService:
                     last_rollout_id=op.rollout_id if op else None,
                     converged=bool(decl and current is not None and current == decl.closure_hash),
                     last_uptime_secs=seen[1].uptime_secs if seen else None,
+                    clock_skew_secs=(
+                        clockskew.skew_secs(seen[1].sent_at, seen[0])
+                        if seen and seen[1].sent_at is not None
+                        else None
+                    ),
                     rollout_state=part.host_state if part else None,
                     pending_reboot=bool(op and op.state == dec.DEFERRED),
                     pin=decl.pin if decl else None,
