@@ -38,13 +38,13 @@ from nixfleet.cp.issuance import (
     DEFAULT_VALIDITY_SECS,
     agent_cn,
     issue_agent_cert,
+    issue_operator_cert,
     load_fleet_ca,
+    operator_cn,
     parse_csr,
 )
 
 CA_YEARS = 10
-OPERATOR_DAYS = 365
-OPERATOR_BACKDATE = timedelta(minutes=5)
 CA_BACKDATE = timedelta(days=1)
 
 
@@ -314,33 +314,10 @@ class Pki:
         now: datetime | None = None,
         by_other_ca: bool = False,
     ) -> CertPaths:
-        """An operator client cert as `nixfleet mint-operator-cert` makes it (§3.4).
-
-        CN `operator-<user>@<host>`, O=arcanesys, OU=fleet, new P-256 key, KU
-        digitalSignature, EKU clientAuth, notBefore now − 5 min, 365 days.
-        """
-        now = _now(now)
+        """An operator client cert made by `nixfleet mint-operator-cert`'s code (§3.4)."""
         signer = self.other_ca if by_other_ca else self.ca
-        ca_cert = _load_cert(signer.cert)
-        ca_key = serialization.load_pem_private_key(signer.key.read_bytes(), password=None)
-        if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-            raise TypeError("test PKI CAs are P-256")
-        key = ec.generate_private_key(ec.SECP256R1())
-        cn = f"operator-{user}@{host}"
-        subject = x509.Name(
-            [
-                x509.NameAttribute(NameOID.COMMON_NAME, cn),
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "arcanesys"),
-                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "fleet"),
-            ]
-        )
-        cert = (
-            _leaf(ca_cert, ca_key, key, subject)
-            .not_valid_before(now - OPERATOR_BACKDATE)
-            .not_valid_after(now + timedelta(days=OPERATOR_DAYS))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
+        ca = load_fleet_ca(signer.cert.read_bytes(), signer.key.read_bytes())
+        cert, key = issue_operator_cert(ca, operator_cn(user, host), _now(now))
         base = self.dir / "operators" / f"{user}@{host}"
         stem = "other-ca-" if by_other_ca else ""
         return write_cert_and_key(cert, key, base / f"{stem}cert.pem", base / f"{stem}key.pem")

@@ -8,8 +8,6 @@ mTLS key, which `ssl` loads from the PKCS#8 form built here.
 
 from __future__ import annotations
 
-import re
-
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -17,8 +15,7 @@ from cryptography.x509.oid import NameOID
 
 from nixfleet.core.errors import BadInput
 from nixfleet.core.hostkey import load_host_private_key
-
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+from nixfleet.core.idents import HOSTNAME
 
 
 def build_csr(private_key: bytes, hostname: str, *, source: str = "host key") -> str:
@@ -31,7 +28,7 @@ def build_csr(private_key: bytes, hostname: str, *, source: str = "host key") ->
 
 
 def build_csr_for_key(key: Ed25519PrivateKey, hostname: str) -> str:
-    if not _HOSTNAME.match(hostname):
+    if not HOSTNAME.test(hostname):
         raise BadInput(f"hostname: {hostname!r} is not a host name")
     csr = (
         x509.CertificateSigningRequestBuilder()

@@ -27,6 +27,7 @@ import aiohttp
 
 from nixfleet.core.canonical import load_json
 from nixfleet.core.errors import BadInput, ParseError
+from nixfleet.core.idents import escape_controls
 from nixfleet.core.jsonfields import Reader
 from nixfleet.core.wire import (
     HEALTH_CHECK_MODES,
@@ -148,7 +149,8 @@ def load_health_config(path: Path) -> HealthConfig | None:
 
 
 def _reason(text: str) -> str:
-    return text.replace("\n", " ").strip()[:MAX_REASON_CHARS] or "failed"
+    # One line, no control characters: the CP refuses a checkin carrying them.
+    return escape_controls(" ".join(text.split()))[:MAX_REASON_CHARS] or "failed"
 
 
 async def run_probe(spec: ProbeSpec, session: aiohttp.ClientSession | None = None) -> str | None:

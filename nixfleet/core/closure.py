@@ -12,13 +12,22 @@ from dataclasses import dataclass
 from typing import NewType
 
 from .errors import ParseError
+from .idents import Grammar, preview
 
 ClosureHash = NewType("ClosureHash", str)
 """The full store basename of a system closure, e.g. `abc…-nixos-system-h1-26.05`."""
 
 STORE_DIR = "/nix/store"
 NIX_BASE32 = "0123456789abcdfghijklmnpqrsvwxyz"
-_BASENAME = re.compile(rf"^([{NIX_BASE32}]{{32}})-([A-Za-z0-9+\-._?=]+)$")
+MAX_NAME = 211
+"""Nix's bound on a store path name (the part after `<hash>-`)."""
+_BASENAME = re.compile(rf"([{NIX_BASE32}]{{32}})-([A-Za-z0-9+\-._?=]{{1,{MAX_NAME}}})")
+
+CLOSURE_HASH = Grammar(
+    f"a store basename (32 nix-base32 chars, '-', a name of at most {MAX_NAME} "
+    "characters from A-Za-z0-9+-._?=)",
+    lambda text: _BASENAME.fullmatch(text) is not None,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,10 +51,12 @@ def parse_store_path(text: str, *, source: str = "closure", field: str = "") -> 
     if candidate.startswith(prefix):
         candidate = candidate[len(prefix) :].split("/", 1)[0]
     elif "/" in candidate:
-        raise ParseError(source, field, f"not a store path or basename: {text!r}")
-    m = _BASENAME.match(candidate)
+        raise ParseError(source, field, f"not a store path or basename: {preview(text)}")
+    m = _BASENAME.fullmatch(candidate)
     if m is None:
-        raise ParseError(source, field, f"not a store basename <32-char nix hash>-<name>: {text!r}")
+        raise ParseError(
+            source, field, f"not a store basename <32-char nix hash>-<name>: {preview(text)}"
+        )
     return StorePath(hash=m.group(1), name=m.group(2))
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,6 +22,7 @@ from . import freshness
 from .canonical import canonical_bytes
 from .errors import BadInput, ParseError, VerifyError
 from .hostkey import normalize_fingerprint
+from .idents import HOSTNAME
 from .jsonfields import Reader
 from .signing import ED25519, parse_public_key, sign, verify_signature
 from .timeutil import format_instant, parse_instant
@@ -38,9 +38,6 @@ BAD_SIGNATURE = "bad-signature"
 REJECT_BEFORE = "reject-before"
 NOT_YET_VALID = "not-yet-valid"
 EXPIRED = "expired"
-
-# The bare hostname the agent later puts in its CSR's CN (same rule as agent/csr.py).
-_HOSTNAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,7 +132,7 @@ def mint_token(
     `nonce_bytes` are 16 random bytes from the caller; the fingerprint may be given
     in OpenSSH `SHA256:` form and is stored in the 44-character padded form.
     """
-    if not _HOSTNAME.match(hostname):
+    if not HOSTNAME.test(hostname):  # the CN of the host's CSR, then its checkin hostname
         raise BadInput(f"mint-token: hostname {hostname!r} is not a bare host name")
     if len(nonce_bytes) != NONCE_BYTES:
         raise BadInput(f"mint-token: nonce must be {NONCE_BYTES} bytes, got {len(nonce_bytes)}")

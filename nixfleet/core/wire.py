@@ -22,9 +22,11 @@ from datetime import datetime
 from typing import Any
 
 from .canonical import canonical_bytes, sha256_hex
+from .closure import CLOSURE_HASH
 from .closure import ClosureHash as ClosureHash  # re-exported for wire users
 from .errors import ParseError
 from .fleet import Pin
+from .idents import HOSTNAME, ROLLOUT_ID, TEXT, TOKEN, Grammar
 from .jsonfields import Reader
 from .timeutil import format_instant, parse_instant
 
@@ -36,7 +38,10 @@ FETCH_OK = "ok"
 FETCH_VERIFY_FAILED = "verify-failed"
 FETCH_FAILED = "fetch-failed"
 FETCH_NONE = "none"
-FETCH_RESULTS = (FETCH_OK, FETCH_VERIFY_FAILED, FETCH_FAILED, FETCH_NONE)
+FETCH_CLOCK_SKEW = "clock-skew"
+"""The manifest was refused as future-dated by the agent's own clock: it is the host's
+fault and passes once its clock is right, so it holds nothing (issue 9 #13)."""
+FETCH_RESULTS = (FETCH_OK, FETCH_VERIFY_FAILED, FETCH_FAILED, FETCH_NONE, FETCH_CLOCK_SKEW)
 
 PROBE_KINDS = ("http", "tcp", "exec")
 PROBE_UNKNOWN = "unknown"
@@ -104,10 +109,10 @@ def put_instant(
     put_optional(out, key, None if value is None else instant_text(key, value, texts), absent)
 
 
-def _nullable_str(r: Reader, key: str) -> str | None:
+def _nullable_str(r: Reader, key: str, grammar: Grammar) -> str | None:
     """A key that must be present but may be null."""
     r.raw(key)
-    return r.opt_str(key)
+    return _opt_read(r, key, grammar)
 
 
 def _nullable_int(r: Reader, key: str) -> int | None:
@@ -227,7 +232,11 @@ class CheckinRequest:
     attestation_signature: str | None = None
     health_probes: tuple[HealthProbe, ...] = ()
     health_check_mode: str | None = None
+    sent_at: datetime | None = None
+    """`sentAt`: the agent's clock when it sent the body; the CP derives the host's
+    clock skew from it (absent from older agents)."""
     absent: frozenset[str] = _absent_field()
+    texts: Mapping[str, str] = _texts_field()
 
     def __post_init__(self) -> None:
         _check_text("lastConfirmedAt", self.last_confirmed_at_text, self.last_confirmed_at)
@@ -346,26 +355,33 @@ class HostStatusEntry:
     quarantined_closure: ClosureHash | None = None
     pin: Pin | None = None
     outstanding_health_failures: int = 0
+    clock_skew_secs: int | None = None
+    """The host's clock minus the CP's at its last checkin (its `sentAt`), if it sent one."""
     texts: Mapping[str, str] = _texts_field()
 
 
 # --- parsing -------------------------------------------------------------------
 
 
-def _closure(r: Reader, key: str) -> ClosureHash:
-    return ClosureHash(r.str(key))
+def _read(r: Reader, key: str, grammar: Grammar) -> str:
+    """A required string that must match `grammar` (identifiers are checked here, once)."""
+    return grammar.check(r.str(key), source=r.source, field=r.field(key))
 
 
-def _opt_closure(r: Reader, key: str) -> ClosureHash | None:
+def _opt_read(r: Reader, key: str, grammar: Grammar) -> str | None:
     value = r.opt_str(key)
-    return None if value is None else ClosureHash(value)
+    return None if value is None else grammar.check(value, source=r.source, field=r.field(key))
+
+
+def _closure(r: Reader, key: str) -> ClosureHash:
+    return ClosureHash(_read(r, key, CLOSURE_HASH))
 
 
 def _read_generation(r: Reader) -> GenerationRef:
     return GenerationRef(
         closure_hash=_closure(r, "closureHash"),
-        boot_id=r.str("bootId"),
-        channel_ref=r.opt_str("channelRef"),
+        boot_id=_read(r, "bootId", TOKEN),
+        channel_ref=_opt_read(r, "channelRef", TOKEN),
         absent=absent_keys(r, "channelRef"),
     )
 
@@ -373,8 +389,8 @@ def _read_generation(r: Reader) -> GenerationRef:
 def _read_fetch_outcome(r: Reader) -> FetchOutcome:
     return FetchOutcome(
         result=r.one_of("result", FETCH_RESULTS),
-        error=r.opt_str("error"),
-        rollout_id=r.opt_str("rolloutId"),
+        error=_opt_read(r, "error", TEXT),
+        rollout_id=_opt_read(r, "rolloutId", ROLLOUT_ID),
         absent=absent_keys(r, "error", "rolloutId"),
     )
 
@@ -382,12 +398,12 @@ def _read_fetch_outcome(r: Reader) -> FetchOutcome:
 def _read_probe(r: Reader) -> HealthProbe:
     texts: dict[str, str] = {}
     return HealthProbe(
-        name=r.str("name"),
+        name=_read(r, "name", TEXT),
         kind=r.one_of("kind", PROBE_KINDS),
         status=r.one_of("status", PROBE_STATUSES),
         last_run_at=read_opt_instant(r, "lastRunAt", texts),
         last_pass_at=read_opt_instant(r, "lastPassAt", texts),
-        failure_reason=r.opt_str("failureReason"),
+        failure_reason=_opt_read(r, "failureReason", TEXT),
         absent=absent_keys(r, "lastRunAt", "lastPassAt", "failureReason"),
         texts=texts,
     )
@@ -400,20 +416,20 @@ def _read_target(r: Reader) -> EvaluatedTarget:
     if activate_r is not None:
         activate = Activate(
             confirm_window_secs=activate_r.int("confirmWindowSecs"),
-            confirm_endpoint=activate_r.str("confirmEndpoint"),
+            confirm_endpoint=_read(activate_r, "confirmEndpoint", TOKEN),
         )
     signed_at_text = r.str("signedAt")
     return EvaluatedTarget(
         closure_hash=_closure(r, "closureHash"),
-        channel_ref=r.str("channelRef"),
+        channel_ref=_read(r, "channelRef", TOKEN),
         evaluated_at=read_instant(r, "evaluatedAt", texts),
-        rollout_id=r.str("rolloutId"),
+        rollout_id=_read(r, "rolloutId", ROLLOUT_ID),
         signed_at=parse_instant(signed_at_text, source=r.source, field=r.field("signedAt")),
         signed_at_text=signed_at_text,
         freshness_window_secs=r.int("freshnessWindowSecs"),
         wave_index=r.opt_int("waveIndex"),
         activate=activate,
-        compliance_mode=r.opt_str("complianceMode"),
+        compliance_mode=_opt_read(r, "complianceMode", TOKEN),
         absent=absent_keys(r, "waveIndex", "activate", "complianceMode"),
         texts=texts,
     )
@@ -433,6 +449,7 @@ def parse_evaluated_target(value: Any, *, source: str = "target") -> EvaluatedTa
 
 def parse_checkin_request(value: Any, *, source: str = "checkin body") -> CheckinRequest:
     r = Reader.root(value, source)
+    texts: dict[str, str] = {}
     pending_r = r.opt_sub("pendingGeneration")
     target_r = r.opt_sub("lastEvaluatedTarget")
     fetch_r = r.opt_sub("lastFetchOutcome")
@@ -443,8 +460,8 @@ def parse_checkin_request(value: Any, *, source: str = "checkin body") -> Checki
             confirmed_text, source=source, field=r.field("lastConfirmedAt")
         )
     return CheckinRequest(
-        hostname=r.str("hostname"),
-        agent_version=r.str("agentVersion"),
+        hostname=_read(r, "hostname", HOSTNAME),
+        agent_version=_read(r, "agentVersion", TOKEN),
         current_generation=_read_generation(r.sub("currentGeneration")),
         pending_generation=(
             None
@@ -456,9 +473,10 @@ def parse_checkin_request(value: Any, *, source: str = "checkin body") -> Checki
         uptime_secs=r.opt_int("uptimeSecs"),
         last_confirmed_at=confirmed_at,
         last_confirmed_at_text=confirmed_text,
-        attestation_signature=r.opt_str("attestationSignature"),
+        attestation_signature=_opt_read(r, "attestationSignature", TOKEN),
         health_probes=tuple(_read_probe(p) for p in r.list_of("healthProbes", optional=True)),
         health_check_mode=_opt_one_of(r, "healthCheckMode", HEALTH_CHECK_MODES),
+        sent_at=read_opt_instant(r, "sentAt", texts),
         absent=absent_keys(
             r,
             "pendingGeneration",
@@ -469,7 +487,9 @@ def parse_checkin_request(value: Any, *, source: str = "checkin body") -> Checki
             "attestationSignature",
             "healthProbes",
             "healthCheckMode",
+            "sentAt",
         ),
+        texts=texts,
     )
 
 
@@ -480,9 +500,9 @@ def parse_checkin_response(value: Any, *, source: str = "checkin response") -> C
     rollback = None
     if rollback_r is not None:
         rollback = RollbackSignal(
-            rollout=rollback_r.str("rollout"),
-            target_ref=rollback_r.str("targetRef"),
-            reason=rollback_r.str("reason"),
+            rollout=_read(rollback_r, "rollout", TOKEN),
+            target_ref=_read(rollback_r, "targetRef", TOKEN),
+            reason=_read(rollback_r, "reason", TEXT),
         )
     return CheckinResponse(
         target=None if target_r is None else _read_target(target_r),
@@ -495,8 +515,8 @@ def parse_checkin_response(value: Any, *, source: str = "checkin response") -> C
 def parse_confirm_request(value: Any, *, source: str = "confirm body") -> ConfirmRequest:
     r = Reader.root(value, source)
     return ConfirmRequest(
-        hostname=r.str("hostname"),
-        rollout=r.str("rollout"),
+        hostname=_read(r, "hostname", HOSTNAME),
+        rollout=_read(r, "rollout", ROLLOUT_ID),
         wave=r.int("wave"),
         generation=_read_generation(r.sub("generation")),
     )
@@ -506,16 +526,29 @@ def parse_report_request(value: Any, *, source: str = "report body") -> ReportRe
     r = Reader.root(value, source)
     texts: dict[str, str] = {}
     return ReportRequest(
-        hostname=r.str("hostname"),
-        agent_version=r.str("agentVersion"),
+        hostname=_read(r, "hostname", HOSTNAME),
+        agent_version=_read(r, "agentVersion", TOKEN),
         occurred_at=read_instant(r, "occurredAt", texts),
-        rollout=r.opt_str("rollout"),
-        event=r.str("event"),
-        details=dict(r.sub("details").obj),
-        signature=r.opt_str("signature"),
+        rollout=_opt_read(r, "rollout", TOKEN),
+        event=_event_spec(_read(r, "event", TOKEN), source).event,
+        details=_bounded_details(r),
+        signature=_opt_read(r, "signature", TOKEN),
         absent=absent_keys(r, "rollout", "signature"),
         texts=texts,
     )
+
+
+MAX_REPORT_DETAILS_BYTES = 16_384
+"""A report's `details` as canonical JSON, at most: enough for every catalogued event
+(stderr tails and evidence snippets are cut shorter by their producers)."""
+
+
+def _bounded_details(r: Reader) -> dict[str, Any]:
+    details = dict(r.sub("details").obj)
+    size = len(canonical_bytes(details, source=r.source))
+    if size > MAX_REPORT_DETAILS_BYTES:
+        raise r.fail("details", f"{size} bytes, more than {MAX_REPORT_DETAILS_BYTES}")
+    return details
 
 
 def parse_report_accepted(value: Any, *, source: str = "report response") -> ReportAccepted:
@@ -555,9 +588,11 @@ def parse_bootstrap_event_request(
     event_r = r.sub("event")
     return BootstrapEventRequest(
         token=dict(r.sub("token").obj),
-        agent_version=r.str("agentVersion"),
+        agent_version=_read(r, "agentVersion", TOKEN),
         occurred_at=read_instant(r, "occurredAt", texts),
-        event=BootstrapEvent(event=event_r.str("event"), details=dict(event_r.sub("details").obj)),
+        event=BootstrapEvent(
+            event=_read(event_r, "event", TOKEN), details=dict(event_r.sub("details").obj)
+        ),
         texts=texts,
     )
 
@@ -577,28 +612,29 @@ def parse_host_status_entry(value: Any, *, source: str = "host status") -> HostS
     r.raw("lastCheckinAt")
     r.raw("pin")
     pin_r = r.opt_sub("pin")
-    declared = _nullable_str(r, "declaredClosureHash")
-    current = _nullable_str(r, "currentClosureHash")
-    pending = _nullable_str(r, "pendingClosureHash")
-    quarantined = _nullable_str(r, "quarantinedClosure")
+    declared = _nullable_str(r, "declaredClosureHash", CLOSURE_HASH)
+    current = _nullable_str(r, "currentClosureHash", CLOSURE_HASH)
+    pending = _nullable_str(r, "pendingClosureHash", CLOSURE_HASH)
+    quarantined = _nullable_str(r, "quarantinedClosure", CLOSURE_HASH)
     return HostStatusEntry(
-        hostname=r.str("hostname"),
-        channel=_nullable_str(r, "channel"),
+        hostname=_read(r, "hostname", HOSTNAME),
+        channel=_nullable_str(r, "channel", TOKEN),
         declared_closure_hash=None if declared is None else ClosureHash(declared),
         current_closure_hash=None if current is None else ClosureHash(current),
         pending_closure_hash=None if pending is None else ClosureHash(pending),
         last_checkin_at=read_opt_instant(r, "lastCheckinAt", texts),
-        last_rollout_id=_nullable_str(r, "lastRolloutId"),
+        last_rollout_id=_nullable_str(r, "lastRolloutId", ROLLOUT_ID),
         converged=r.bool("converged"),
         outstanding_compliance_failures=r.int("outstandingComplianceFailures"),
         outstanding_runtime_gate_errors=r.int("outstandingRuntimeGateErrors"),
         verified_event_count=r.int("verifiedEventCount"),
         last_uptime_secs=_nullable_int(r, "lastUptimeSecs"),
-        rollout_state=_nullable_str(r, "rolloutState"),
+        rollout_state=_nullable_str(r, "rolloutState", TOKEN),
         pending_reboot=r.bool("pendingReboot"),
         quarantined_closure=None if quarantined is None else ClosureHash(quarantined),
         pin=None if pin_r is None else _read_pin(pin_r),
         outstanding_health_failures=r.int("outstandingHealthFailures"),
+        clock_skew_secs=r.opt_int("clockSkewSecs"),  # absent from older CPs
         texts=texts,
     )
 
@@ -677,6 +713,7 @@ def dump_checkin_request(c: CheckinRequest) -> dict[str, Any]:
     put_optional(out, "attestationSignature", c.attestation_signature, c.absent)
     put_optional(out, "healthProbes", [dump_health_probe(p) for p in c.health_probes], c.absent)
     put_optional(out, "healthCheckMode", c.health_check_mode, c.absent)
+    put_instant(out, "sentAt", c.sent_at, c.texts, c.absent)
     return out
 
 
@@ -780,6 +817,7 @@ def dump_host_status_entry(h: HostStatusEntry) -> dict[str, Any]:
         "quarantinedClosure": h.quarantined_closure,
         "pin": None if h.pin is None else _dump_pin(h.pin),
         "outstandingHealthFailures": h.outstanding_health_failures,
+        "clockSkewSecs": h.clock_skew_secs,
     }
 
 

@@ -1,4 +1,6 @@
-"""The fleet CA signer behind `/v1/enroll` and `/v1/agent/renew` (protocol §1.3, §3.4).
+"""The fleet CA signer behind `/v1/enroll`, `/v1/agent/renew` and `nixfleet
+mint-operator-cert` (protocol §1.3, §3.4), and the CN grammar that tells an agent
+certificate from an operator's.
 
 Pure functions over PEM bytes and a caller-supplied `now`; reading the CA files,
 writing the audit log and checking tokens or declared keys belong to the callers.
@@ -11,6 +13,11 @@ An issued agent certificate has:
 - notBefore = `now` truncated to whole seconds, notAfter = notBefore + validity
   (at least `MIN_VALIDITY_SECS`);
 - the CSR's public key: the agent's ed25519 SSH host key.
+
+An operator certificate has CN `operator-<user>@<host>`, O=arcanesys, OU=fleet, a new
+P-256 key, KU digitalSignature, EKU clientAuth, not a CA, notBefore now − 5 min and
+notAfter now + 365 days. Enrollment always replaces the CSR's CN with an agent CN, so no
+agent can obtain an operator CN: the CN alone decides the role.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -30,6 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from nixfleet.core.errors import BadInput
 from nixfleet.core.hostkey import fingerprint
+from nixfleet.core.idents import HOSTNAME
 from nixfleet.core.timeutil import format_instant
 
 DEFAULT_VALIDITY_SECS = 2_592_000
@@ -38,6 +47,9 @@ DEFAULT_VALIDITY_SECS = 2_592_000
 MIN_VALIDITY_SECS = 60
 
 AGENT_CN_PREFIX = "agent-"
+OPERATOR_CN_PREFIX = "operator-"
+OPERATOR_DAYS = 365
+OPERATOR_BACKDATE = timedelta(minutes=5)
 ENROLL_REQUESTER = "<enroll>"
 UNKNOWN_PREVIOUS = "<unknown>"
 
@@ -45,6 +57,7 @@ CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateK
 
 _MACHINE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 _SUFFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_OPERATOR_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL)
 
 
@@ -181,6 +194,33 @@ def extract_machine_id(cn: str, cn_suffix: str) -> str:
     return cn
 
 
+class Role(StrEnum):
+    AGENT = "agent"
+    OPERATOR = "operator"
+
+
+def operator_cn(user: str, host: str) -> str:
+    """`operator-<user>@<host>`; BadInput for a user or host name outside the grammar."""
+    if not _OPERATOR_USER.fullmatch(user):
+        raise BadInput(f"operator user: {user!r} is not a user name (letters, digits, ._-)")
+    if not HOSTNAME.test(host):
+        raise BadInput(f"operator host: {host!r} is not a host name")
+    return f"{OPERATOR_CN_PREFIX}{user}@{host}"
+
+
+def role_of(cn: str) -> Role:
+    """An operator CN is `operator-<user>@<host>`; every other CN names a host (an agent
+    CN, or a legacy bare one), which `extract_machine_id` reads."""
+    user, at, host = cn.removeprefix(OPERATOR_CN_PREFIX).partition("@")
+    is_operator = (
+        cn.startswith(OPERATOR_CN_PREFIX)
+        and at == "@"
+        and _OPERATOR_USER.fullmatch(user) is not None
+        and HOSTNAME.test(host)
+    )
+    return Role.OPERATOR if is_operator else Role.AGENT
+
+
 def effective_validity_secs(validity_secs: int) -> int:
     """The validity actually used: never below `MIN_VALIDITY_SECS`."""
     return max(int(validity_secs), MIN_VALIDITY_SECS)
@@ -229,6 +269,49 @@ def issue_agent_cert(
     )
     cert = builder.sign(ca.key, _hash_for(ca.key))
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), not_after
+
+
+def issue_operator_cert(
+    ca: FleetCa, cn: str, now: datetime, *, days: int = OPERATOR_DAYS
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new P-256 key and the operator client certificate for it (see the module doc).
+
+    `cn` must be an operator CN (`operator_cn`); `now` must be aware.
+    """
+    if now.tzinfo is None:
+        raise ValueError("naive datetime")
+    if role_of(cn) is not Role.OPERATOR:
+        raise BadInput(f"operator CN: {cn!r} is not operator-<user>@<host>")
+    if days < 1:
+        raise BadInput(f"operator certificate: --days must be at least 1, got {days}")
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "arcanesys"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "fleet"),
+        ]
+    )
+    now = now.replace(microsecond=0)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(secrets.randbits(159) | 1)
+        .not_valid_before(now - OPERATOR_BACKDATE)
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_digital_signature_only(), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+        .sign(ca.key, _hash_for(ca.key))
+    )
+    return cert, key
 
 
 def _with_cn(subject: x509.Name, cn: str) -> x509.Name:

@@ -4,10 +4,9 @@ checks that the bytes hash to the id asked for, and agents verify the signature.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-_ROLLOUT_ID = re.compile(r"^[0-9a-f]{64}$")
+from nixfleet.core.idents import ROLLOUT_ID
 
 
 class RolloutsDir:
@@ -15,7 +14,7 @@ class RolloutsDir:
         self.root = root
 
     def __call__(self, rollout_id: str) -> tuple[bytes, bytes] | None:
-        if not _ROLLOUT_ID.match(rollout_id):
+        if not ROLLOUT_ID.test(rollout_id):
             return None
         body, sig = self.root / f"{rollout_id}.json", self.root / f"{rollout_id}.json.sig"
         try:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from nixfleet.core import wire
 from nixfleet.core.canonical import canonical_bytes
-from nixfleet.core.closure import ClosureHash
+from nixfleet.core.closure import NIX_BASE32, ClosureHash
 from nixfleet.core.errors import ParseError
 from nixfleet.core.timeutil import format_instant
 
@@ -25,6 +25,15 @@ ROLLOUT = "ab" * 32
 # --- strategies ----------------------------------------------------------------
 
 texts = st.text(max_size=12)
+# Identifier fields draw from their grammars (core/idents.py, core/closure.py).
+idents = st.text(st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp", "Zs")), max_size=12)
+hostnames = st.from_regex(r"[a-z0-9_]([a-z0-9_-]{0,10}[a-z0-9])?(\.[a-z0-9]{1,5})?", fullmatch=True)
+closures = st.builds(
+    "{}-{}".format,
+    st.text(NIX_BASE32, min_size=32, max_size=32),
+    st.from_regex(r"[A-Za-z0-9+\-._?=]{1,20}", fullmatch=True),
+)
+rollout_ids = st.text("0123456789abcdef", min_size=64, max_size=64)
 ints = st.integers(min_value=-(2**31), max_value=2**31)
 naturals = st.integers(min_value=0, max_value=2**31)
 
@@ -65,53 +74,54 @@ json_values = st.recursive(
 json_objects = st.dictionaries(texts, json_values, max_size=4)
 
 generations = st.fixed_dictionaries(
-    {"closureHash": texts, "bootId": texts}, optional={"channelRef": nullable(texts)}
+    {"closureHash": closures, "bootId": idents}, optional={"channelRef": nullable(idents)}
 )
 probes = st.fixed_dictionaries(
     {
-        "name": texts,
+        "name": idents,
         "kind": st.sampled_from(wire.PROBE_KINDS),
         "status": st.sampled_from(wire.PROBE_STATUSES),
     },
     optional={
         "lastRunAt": nullable(instants()),
         "lastPassAt": nullable(instants()),
-        "failureReason": nullable(texts),
+        "failureReason": nullable(idents),
     },
 )
 targets = st.fixed_dictionaries(
     {
-        "closureHash": texts,
-        "channelRef": texts,
+        "closureHash": closures,
+        "channelRef": idents,
         "evaluatedAt": instants(),
-        "rolloutId": texts,
+        "rolloutId": rollout_ids,
         "signedAt": instants(),
         "freshnessWindowSecs": naturals,
     },
     optional={
         "waveIndex": nullable(naturals),
         "activate": nullable(
-            st.fixed_dictionaries({"confirmWindowSecs": naturals, "confirmEndpoint": texts})
+            st.fixed_dictionaries({"confirmWindowSecs": naturals, "confirmEndpoint": idents})
         ),
         "complianceMode": nullable(st.sampled_from(["enforce", "permissive", "auto", ""])),
     },
 )
 checkin_requests = st.fixed_dictionaries(
-    {"hostname": texts, "agentVersion": texts, "currentGeneration": generations},
+    {"hostname": hostnames, "agentVersion": idents, "currentGeneration": generations},
     optional={
-        "pendingGeneration": nullable(st.fixed_dictionaries({"closureHash": texts})),
+        "pendingGeneration": nullable(st.fixed_dictionaries({"closureHash": closures})),
         "lastEvaluatedTarget": nullable(targets),
         "lastFetchOutcome": nullable(
             st.fixed_dictionaries(
                 {"result": st.sampled_from(wire.FETCH_RESULTS)},
-                optional={"error": nullable(texts), "rolloutId": nullable(texts)},
+                optional={"error": nullable(idents), "rolloutId": nullable(rollout_ids)},
             )
         ),
         "uptimeSecs": nullable(naturals),
         "lastConfirmedAt": nullable(instants()),
-        "attestationSignature": nullable(texts),
+        "attestationSignature": nullable(idents),
         "healthProbes": st.lists(probes, max_size=3),
         "healthCheckMode": nullable(st.sampled_from(wire.HEALTH_CHECK_MODES)),
+        "sentAt": nullable(instants()),
     },
 )
 checkin_responses = st.fixed_dictionaries(
@@ -119,22 +129,22 @@ checkin_responses = st.fixed_dictionaries(
     optional={
         "target": nullable(targets),
         "rollback": nullable(
-            st.fixed_dictionaries({"rollout": texts, "targetRef": texts, "reason": texts})
+            st.fixed_dictionaries({"rollout": idents, "targetRef": idents, "reason": idents})
         ),
     },
 )
 confirm_requests = st.fixed_dictionaries(
-    {"hostname": texts, "rollout": texts, "wave": naturals, "generation": generations}
+    {"hostname": hostnames, "rollout": rollout_ids, "wave": naturals, "generation": generations}
 )
 report_requests = st.fixed_dictionaries(
     {
-        "hostname": texts,
-        "agentVersion": texts,
+        "hostname": hostnames,
+        "agentVersion": idents,
         "occurredAt": instants(),
-        "event": st.sampled_from(sorted(wire.REPORT_EVENTS)) | texts,
+        "event": st.sampled_from(sorted(wire.REPORT_EVENTS)),
         "details": json_objects,
     },
-    optional={"rollout": nullable(texts), "signature": nullable(texts)},
+    optional={"rollout": nullable(idents), "signature": nullable(idents)},
 )
 tokens = st.fixed_dictionaries(
     {
@@ -157,7 +167,7 @@ cert_responses = st.fixed_dictionaries({"certPem": texts, "notAfter": instants()
 bootstrap_requests = st.fixed_dictionaries(
     {
         "token": tokens,
-        "agentVersion": texts,
+        "agentVersion": idents,
         "occurredAt": instants(),
         "event": st.fixed_dictionaries(
             {"event": st.sampled_from(wire.BOOTSTRAP_EVENTS), "details": json_objects}
@@ -169,13 +179,13 @@ pins = st.fixed_dictionaries(
 )
 host_statuses = st.fixed_dictionaries(
     {
-        "hostname": texts,
-        "channel": nullable(texts),
-        "declaredClosureHash": nullable(texts),
-        "currentClosureHash": nullable(texts),
-        "pendingClosureHash": nullable(texts),
+        "hostname": hostnames,
+        "channel": nullable(idents),
+        "declaredClosureHash": nullable(closures),
+        "currentClosureHash": nullable(closures),
+        "pendingClosureHash": nullable(closures),
         "lastCheckinAt": nullable(instants()),
-        "lastRolloutId": nullable(texts),
+        "lastRolloutId": nullable(rollout_ids),
         "converged": st.booleans(),
         "outstandingComplianceFailures": naturals,
         "outstandingRuntimeGateErrors": naturals,
@@ -183,9 +193,10 @@ host_statuses = st.fixed_dictionaries(
         "lastUptimeSecs": nullable(naturals),
         "rolloutState": nullable(st.sampled_from(["Healthy", "Failed", "Converged"])),
         "pendingReboot": st.booleans(),
-        "quarantinedClosure": nullable(texts),
+        "quarantinedClosure": nullable(closures),
         "pin": nullable(pins),
         "outstandingHealthFailures": naturals,
+        "clockSkewSecs": nullable(ints),
     }
 )
 report_accepted = st.fixed_dictionaries({"eventId": texts})
@@ -270,6 +281,7 @@ CHECKIN = {
     "attestationSignature": "c2ln",
     "healthProbes": [PROBE],
     "healthCheckMode": "enforce",
+    "sentAt": "2026-04-24T10:01:02.25Z",
 }
 CHECKIN_REPLY = {
     "target": TARGET,
@@ -313,6 +325,7 @@ HOST_STATUS = {
     "quarantinedClosure": None,
     "pin": {"commit": "abc", "reason": "freeze"},
     "outstandingHealthFailures": 0,
+    "clockSkewSecs": -600,
 }
 
 
@@ -677,3 +690,26 @@ def test_attestation_payload_bytes() -> None:
 def test_snake_to_camel() -> None:
     assert wire.snake_to_camel("collector_exit_code") == "collectorExitCode"
     assert wire.snake_to_camel("reason") == "reason"
+
+
+def _report_body(**over: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "hostname": "h1",
+        "agentVersion": "0.1.0",
+        "occurredAt": "2026-04-24T10:00:00Z",
+        "rollout": None,
+        "event": "other",
+        "details": {"kind": "k"},
+    }
+    body.update(over)
+    return body
+
+
+def test_reports_are_bounded() -> None:
+    """Issue 9 #10: only catalogued events, and `details` of bounded size."""
+    assert wire.parse_report_request(_report_body()).event == "other"
+    with pytest.raises(ParseError, match="unknown report event"):
+        wire.parse_report_request(_report_body(event="made-up"))
+    big = {"kind": "k", "detail": "x" * wire.MAX_REPORT_DETAILS_BYTES}
+    with pytest.raises(ParseError, match="details"):
+        wire.parse_report_request(_report_body(details=big))

@@ -118,7 +118,9 @@ async def test_bad_input_gets_4xx_and_loses_nothing(env: CpEnv) -> None:
         ),
     ):
         status_of(post(env, path, body, cert=h1), 403, f"{path} as h1 for h2")
-    status, _ = await aio_post(env, "/v1/agent/checkin", checkin_body("h2", "x"), identity=h1)
+    status, _ = await aio_post(
+        env, "/v1/agent/checkin", checkin_body("h2", fake_closure("h2", 0)), identity=h1
+    )
     assert status == 403
 
     # A revoked cert: 401 on every /v1/* route.
@@ -186,7 +188,7 @@ async def test_bad_input_gets_4xx_and_loses_nothing(env: CpEnv) -> None:
     status_of(curl(env.curl("/v1/nope", cert=h1)), 404, "unknown /v1 route")
     status_of(curl(env.curl("/nope")), 404, "unknown route")
     status_of(curl(env.curl("/v1/rollouts/" + "ab" * 32, cert=h1)), 404, "unknown rollout")
-    status_of(curl(env.curl("/v1/channels/nope", cert=h1)), 404, "unknown channel")
+    status_of(curl(env.curl("/v1/channels/nope", cert=env.operator())), 404, "unknown channel")
     status_of(curl(env.curl("/v1/agent/checkin", cert=h1)), 405, "GET checkin")
 
     # The protocol header: another major 426, not an integer 400.

@@ -22,13 +22,16 @@ from nixfleet.core.timeutil import format_instant
 from nixfleet.cp.issuance import (
     Csr,
     FleetCa,
+    Role,
     audit_line,
     enroll_context,
     extract_machine_id,
     issue_agent_cert,
     load_fleet_ca,
+    operator_cn,
     parse_csr,
     renew_context,
+    role_of,
 )
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, 250_000, tzinfo=UTC)
@@ -441,6 +444,35 @@ def test_encrypted_ca_key_is_refused(ca: FleetCa, ca_key: ec.EllipticCurvePrivat
 )
 def test_extract_machine_id(cn: str, expected: str) -> None:
     assert extract_machine_id(cn, SUFFIX) == expected
+
+
+@pytest.mark.parametrize(
+    ("cn", "role"),
+    [
+        ("operator-alice@laptop", Role.OPERATOR),
+        ("operator-a.b_c-d@web-01.example.org", Role.OPERATOR),
+        ("agent-web-01.fleet.test", Role.AGENT),
+        ("web-01", Role.AGENT),  # legacy bare CN: a host, as extract_machine_id reads it
+        ("operator-alice", Role.AGENT),  # no @host
+        ("operator-@laptop", Role.AGENT),
+        ("operator-alice@", Role.AGENT),
+        ("operator-a@b@c", Role.AGENT),
+        ("operator-a b@laptop", Role.AGENT),
+        ("operator-alice@lap\ntop", Role.AGENT),
+        ("xoperator-alice@laptop", Role.AGENT),
+        ("agent-operator-alice@laptop.fleet.test", Role.AGENT),
+    ],
+)
+def test_role_of(cn: str, role: Role) -> None:
+    assert role_of(cn) is role
+
+
+def test_operator_cn() -> None:
+    assert operator_cn("alice", "laptop") == "operator-alice@laptop"
+    assert role_of(operator_cn("alice", "laptop")) is Role.OPERATOR
+    for user, host in (("a b", "h"), ("", "h"), ("a@b", "h"), ("a", "-h"), ("a", "h\n")):
+        with pytest.raises(BadInput):
+            operator_cn(user, host)
 
 
 def test_audit_line_for_enroll_and_renew() -> None:
