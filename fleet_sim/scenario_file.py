@@ -36,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from nixfleet.core.agent import MIN_CONFIRM_WINDOW_SECS
 from nixfleet.core.errors import ParseError
 from nixfleet.core.fleet import HEALTH_FAILURE_POLICIES
 
@@ -87,7 +88,7 @@ CONFIG_FIELDS: dict[str, FieldType] = {
     "duration": FieldType("float", check=_above(0)),
     "poll_secs": FieldType("float", check=_above(0)),
     "soak_minutes": FieldType("int", check=_at_least(0)),
-    "confirm_window_secs": FieldType("int", check=_above(0)),
+    "confirm_window_secs": FieldType("int", check=_at_least(MIN_CONFIRM_WINDOW_SECS)),
     "release_at": FieldType("float", check=_at_least(0)),
     "activation_secs": FieldType("pair", check=_ordered_pair),
     "latency": FieldType("latency"),

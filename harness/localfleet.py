@@ -25,7 +25,8 @@ enrol at once), the CP starts, and the agents start and enrol.
 
 Timings are short so that the magic-rollback paths run in seconds: agents poll every
 `poll_interval` (2 s), the CP ticks, sweeps and polls its forge every 1–2 s, and the
-confirm window is `--confirm-deadline-secs` (`confirm_deadline_secs`, 10 s).
+confirm window is `--confirm-deadline-secs` (`confirm_deadline_secs`, 30 s, the
+shortest the CP accepts).
 Nothing leaves 127.0.0.1; every process is stopped by its own PID.
 """
 
@@ -53,6 +54,7 @@ from harness.fleetgen import ChannelDecl, HostDecl
 from harness.nixfixture import NixBuilder
 from harness.nshost import Activation, Generation, HostRoot, build_host_system, run_in_host
 from harness.pki import HostKey
+from nixfleet.core.agent import MIN_CONFIRM_WINDOW_SECS
 from nixfleet.core.closure import ClosureHash, StorePath
 from nixfleet.core.token import dump_token, mint_token
 
@@ -60,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 """The project checkout (put on the agents' PYTHONPATH)."""
 
 DEFAULT_POLL_INTERVAL_SECS = 2.0
-DEFAULT_CONFIRM_DEADLINE_SECS = 10
+DEFAULT_CONFIRM_DEADLINE_SECS = MIN_CONFIRM_WINDOW_SECS
 DEFAULT_SWITCH_TIMEOUT_SECS = 30.0
 INSTALLED_GENERATION = 0
 """The generation every host runs when the fleet is created."""

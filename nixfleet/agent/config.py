@@ -37,6 +37,10 @@ DEFAULT_CURRENT_SYSTEM = "/run/current-system"
 DEFAULT_BOOTED_SYSTEM = "/run/booted-system"
 DEFAULT_RENEWAL_THRESHOLD = 0.5
 DEFAULT_SWITCH_TIMEOUT_SECS = 300.0
+# Bounds of the interval flags: a typo (`1e9`, `0.001`) is refused at start rather
+# than silencing the host for decades or hammering the CP.
+POLL_INTERVAL_BOUNDS = (1.0, 3600.0)
+SWITCH_TIMEOUT_BOUNDS = (1.0, 3600.0)
 
 COMPLIANCE_GATE_MODES = ("auto", "disabled", "permissive", "enforce")
 
@@ -82,7 +86,7 @@ def add_agent_flags(p: argparse.ArgumentParser, environ: Mapping[str, str] | Non
     flag("--machine-id", default=None, help="this host's id; must match the client-cert CN "
          "(default: the system hostname)")  # fmt: skip
     flag("--poll-interval", default=str(int(DEFAULT_POLL_INTERVAL_SECS)),
-         help="seconds between checkins (e.g. 60 or 60s)")  # fmt: skip
+         help="seconds between checkins, 1 to 3600 (e.g. 60 or 60s)")  # fmt: skip
     flag("--trust-file", type=Path, default=Path(DEFAULT_TRUST_FILE), help="trust.json")
     flag("--ca-cert", type=Path, default=None,
          help="CA the CP's TLS cert chains to (default: the system store)")  # fmt: skip
@@ -107,7 +111,7 @@ def add_agent_flags(p: argparse.ArgumentParser, environ: Mapping[str, str] | Non
     flag("--booted-system-link", type=Path, default=Path(DEFAULT_BOOTED_SYSTEM),
          help="link to the booted system")  # fmt: skip
     flag("--switch-timeout-secs", default=str(int(DEFAULT_SWITCH_TIMEOUT_SECS)),
-         help="bound on waiting for a switch or rollback to settle")  # fmt: skip
+         help="bound on waiting for a switch or rollback to settle, 1 to 3600 s")  # fmt: skip
     # Repeatable; the environment holds a whitespace-separated list (nix's own syntax).
     for name, what in (
         ("--nix-substituter", "binary cache URL to realise closures from (repeatable)"),
@@ -118,15 +122,16 @@ def add_agent_flags(p: argparse.ArgumentParser, environ: Mapping[str, str] | Non
                        help=f"{what} [env {env_name(ENV_PREFIX, name)}]")  # fmt: skip
 
 
-def _seconds(text: str, flag: str) -> float:
+def _seconds(text: str, flag: str, bounds: tuple[float, float]) -> float:
     raw = text.strip()
     body = raw[:-1] if raw.endswith("s") else raw
     try:
         value = float(body)
     except ValueError:
         raise BadInput(f"{flag}: expected seconds, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise BadInput(f"{flag}: must be a positive number of seconds, got {text!r}")
+    low, high = bounds
+    if not low <= value <= high:  # also refuses nan and inf
+        raise BadInput(f"{flag}: must be between {low:g} and {high:g} seconds, got {text!r}")
     return value
 
 
@@ -171,7 +176,9 @@ def config_from_args(
     return AgentConfig(
         control_plane_url=_url(args.control_plane_url),
         machine_id=machine_id,
-        poll_interval_secs=_seconds(str(args.poll_interval), "--poll-interval"),
+        poll_interval_secs=_seconds(
+            str(args.poll_interval), "--poll-interval", POLL_INTERVAL_BOUNDS
+        ),
         trust_file=args.trust_file,
         ca_cert=args.ca_cert,
         client_cert=args.client_cert,
@@ -187,5 +194,7 @@ def config_from_args(
         booted_system_link=args.booted_system_link,
         nix_substituters=_list(args.nix_substituter, "--nix-substituter", env),
         trusted_public_keys=_list(args.trusted_public_key, "--trusted-public-key", env),
-        switch_timeout_secs=_seconds(str(args.switch_timeout_secs), "--switch-timeout-secs"),
+        switch_timeout_secs=_seconds(
+            str(args.switch_timeout_secs), "--switch-timeout-secs", SWITCH_TIMEOUT_BOUNDS
+        ),
     )

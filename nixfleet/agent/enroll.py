@@ -6,7 +6,8 @@ signed with the agent key, which is the SSH host key unless `--client-key` names
 another (the CP insists on the declared host key either way). The answer's
 `certPem` is written atomically to `--client-cert`. A CP that is not ready (503,
 cold start) is asked again every 10 s, a refusal or no answer with a growing
-delay: the daemon keeps running instead of crash-looping (lifecycle §4.9).
+delay: the daemon keeps running instead of crash-looping (lifecycle §4.9). A 409
+(the token's nonce is already spent) is final: one line, exit 2.
 
 Renewal: before a checkin, when less than `--renewal-threshold-fraction` (0.5) of
 the certificate's validity remains, POST `/v1/agent/renew {csrPem}` over mTLS and
@@ -43,6 +44,9 @@ log = logging.getLogger("nixfleet.agent")
 NOT_READY_RETRY_SECS = 10.0
 MAX_BACKOFF_EXPONENT = 3
 HTTP_NOT_READY = 503
+HTTP_CONFLICT = 409
+"""The token's nonce is spent (another enrolment used it first): asking again with the
+same token can never succeed."""
 
 
 class CertAuthority(Protocol):
@@ -192,6 +196,11 @@ class Identity:
                 issued = await self._ca.enroll(request)
             except (Unreachable, PeerError) as exc:
                 status = getattr(exc, "status", None)
+                if status == HTTP_CONFLICT:
+                    raise BadInput(
+                        f"enroll: bootstrap token {self._token_path} was already used "
+                        f"({exc}); mint a new token for {self.machine_id}"
+                    ) from exc
                 if status == HTTP_NOT_READY:
                     delay = NOT_READY_RETRY_SECS
                     log.warning("enroll: control plane not ready; retrying in %g s", delay)

@@ -8,7 +8,9 @@ from the *received* bytes, and `(hostname, waveIndex or 0)` in the hostSet.
 
 Outcomes, as the reducer wants them: HTTP error, 404 or no answer ⇒ `missing`; a
 signature/freshness/rejectBefore failure ⇒ `verify-failed`; the id differing from
-the advertised one or this host missing from the hostSet ⇒ `mismatch`.
+the advertised one or this host missing from the hostSet ⇒ `mismatch`; signed ahead
+of this host's clock ⇒ `clock-skew`, one line telling the operator to fix the clock
+(a cached copy is kept then: its bytes are fine).
 """
 
 from __future__ import annotations
@@ -74,9 +76,11 @@ class ManifestFetcher:
             if isinstance(result, ManifestOk):
                 log.info("manifest ok rollout=%s source=cache", rollout_id)
                 return result
+            if result.kind == "clock-skew":
+                return _refused(rollout_id, result)
             log.warning(
-                "cached manifest no longer verifies; fetching again rollout=%s reason=%s",
-                rollout_id,
+                "cached manifest no longer verifies; discarded, fetching again file=%s reason=%s",
+                self._cache.path(rollout_id),
                 result.reason,
             )
             try:
@@ -95,11 +99,15 @@ class ManifestFetcher:
             except OSError as exc:
                 log.error("cannot cache manifest rollout=%s reason=%s", rollout_id, exc)
             log.info("manifest ok rollout=%s source=cp", rollout_id)
-        else:
-            log.warning(
-                "manifest refused rollout=%s kind=%s reason=%s",
-                rollout_id,
-                result.kind,
-                result.reason,
-            )
-        return result
+            return result
+        return _refused(rollout_id, result)
+
+
+def _refused(rollout_id: str, result: ManifestFailed) -> ManifestFailed:
+    if result.kind == "clock-skew":
+        log.warning("manifest refused: %s rollout=%s", result.reason, rollout_id)
+    else:
+        log.warning(
+            "manifest refused rollout=%s kind=%s reason=%s", rollout_id, result.kind, result.reason
+        )
+    return result

@@ -314,6 +314,9 @@ class AgentRuntime:
             attestation_signature=attestation,
             health_probes=self.health.snapshot(),
             health_check_mode=self.health.mode,
+            # Stamped as the body leaves (after any renewal and queued reports), so the
+            # CP's skew estimate is not inflated by this agent's own delays.
+            sent_at=self.clock.now(),
         )
 
     async def _checkin(self, request: CheckinRequest) -> CheckinOk | CheckinFailed:

@@ -4,7 +4,9 @@
 is written to a temp file in the same directory, fsynced and renamed over the old
 one (then the directory is fsynced), so a crash leaves the old or the new content,
 never a torn file; a file mapped to None is deleted. Reading goes through
-`PersistedState.from_files`, where a malformed file reads as absent.
+`PersistedState.read_files`: a file that is empty, truncated or of the wrong shape
+is moved aside to `<file>.corrupt` (kept for the operator) with one warning line,
+and the agent starts without it.
 
 `ManifestCache` keeps the last good rollout manifests as `rollouts/<id>.json` and
 `rollouts/<id>.json.sig`, the exact bytes received (they are re-verified on use).
@@ -15,17 +17,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import tempfile
 from pathlib import Path
 
 from nixfleet.core.agent_state import STATE_FILES, PersistedState
 from nixfleet.core.errors import BadInput
+from nixfleet.core.idents import ROLLOUT_ID
 
 log = logging.getLogger("nixfleet.agent")
 
 ROLLOUTS_DIR = "rollouts"
-_ROLLOUT_ID = re.compile(r"^[0-9a-f]{64}$")
+CORRUPT_SUFFIX = ".corrupt"
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
@@ -85,14 +87,43 @@ class StateDir:
             return (self.path / name).read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError:
+            self._set_aside(name, "not UTF-8 text")
+            return None
+        except OSError as exc:
             log.warning("state file unreadable; treating as absent file=%s reason=%s", name, exc)
             return None
 
+    def _set_aside(self, name: str, why: str) -> None:
+        """Move an unusable file out of the reducer's way, keeping it for the operator."""
+        path = self.path / name
+        aside = self.path / f"{name}{CORRUPT_SUFFIX}"
+        try:
+            os.replace(path, aside)
+        except OSError as exc:
+            log.warning(
+                "state file unusable; ignored, starting without it file=%s reason=%s "
+                "move_failed=%s",
+                path,
+                why,
+                exc.strerror or exc,
+            )
+            return
+        log.warning(
+            "state file unusable; moved aside, starting without it file=%s moved_to=%s reason=%s",
+            path,
+            aside,
+            why,
+        )
+
     def load(self) -> PersistedState:
         files = {name: self._read_file(name) for name in STATE_FILES}
-        self._written = dict(files)
-        return PersistedState.from_files(files)
+        state, problems = PersistedState.read_files(files)
+        for name, why in problems.items():
+            self._set_aside(name, why)
+            files[name] = None
+        self._written = files
+        return state
 
     def write(self, state: PersistedState) -> list[str]:
         """Write what changed since the last write or load; returns the files touched."""
@@ -118,9 +149,13 @@ class ManifestCache:
         self.dir = state_dir / ROLLOUTS_DIR
 
     def _paths(self, rollout_id: str) -> tuple[Path, Path]:
-        if not _ROLLOUT_ID.match(rollout_id):
+        if not ROLLOUT_ID.test(rollout_id):
             raise BadInput(f"rollout id {rollout_id!r} is not 64 lowercase hex characters")
         return self.dir / f"{rollout_id}.json", self.dir / f"{rollout_id}.json.sig"
+
+    def path(self, rollout_id: str) -> Path:
+        """The cached manifest's file (its signature is beside it, `.sig`)."""
+        return self._paths(rollout_id)[0]
 
     def get(self, rollout_id: str) -> tuple[bytes, bytes] | None:
         body, sig = self._paths(rollout_id)

@@ -87,6 +87,7 @@ from .wire import (
     ACTIVATION_STARTED,
     CLOSURE_QUARANTINED,
     CLOSURE_SIGNATURE_MISMATCH,
+    FETCH_CLOCK_SKEW,
     FETCH_FAILED,
     FETCH_OK,
     FETCH_VERIFY_FAILED,
@@ -222,6 +223,7 @@ def checkin_request(state: AgentState, now: datetime) -> CheckinRequest:
         last_fetch_outcome=p.last_fetch_outcome,
         last_confirmed_at=confirmed_at,
         last_confirmed_at_text=None if confirmed_at is None else format_instant(confirmed_at),
+        sent_at=now,
     )
 
 
@@ -466,6 +468,9 @@ _MANIFEST_REPORTS: Mapping[str, tuple[str, str]] = {
     "missing": (MANIFEST_MISSING, FETCH_FAILED),
     "verify-failed": (MANIFEST_VERIFY_FAILED, FETCH_VERIFY_FAILED),
     "mismatch": (MANIFEST_MISMATCH, FETCH_VERIFY_FAILED),
+    # Not `verify-failed`: the CP holds a host on that for the whole rollout, and a
+    # host whose clock was slow would never be offered the target again once fixed.
+    "clock-skew": (MANIFEST_VERIFY_FAILED, FETCH_CLOCK_SKEW),
 }
 
 
@@ -743,6 +748,23 @@ TRANSITIONS: Mapping[tuple[Phase, type], Handler] = _table()
 DEFAULT_POLL_INTERVAL_SECS = 60.0
 DEFAULT_CONFIRM_RETRY_SECS = 10.0
 MAX_BACKOFF_EXPONENT = 3
+CONFIRM_RETRY_SHARE = 4
+"""A confirm retry waits at most 1/4 of the time left to the watchdog deadline, so at
+least 3 more tries fit in whatever remains of any window."""
+MIN_CONFIRM_RETRY = timedelta(seconds=0.5)
+MIN_CONFIRM_WINDOW_SECS = 30
+"""The shortest confirm window a CP may hand out: the agent must fetch and switch the
+closure inside it and still retry its confirm at least 3 times (through a CP restart)."""
+
+
+def confirm_retry_delay(deadline: datetime | None, now: datetime, cap_secs: float) -> timedelta:
+    """How long to wait before retrying a confirm that got no 204: `cap_secs`, or a
+    quarter of the time left to `deadline` when that is shorter, but never under 0.5 s.
+    A fixed 10 s let one failed confirm in a 10 s window trip the watchdog."""
+    cap = timedelta(seconds=cap_secs)
+    if deadline is None:
+        return cap
+    return max(MIN_CONFIRM_RETRY, min(cap, (deadline - now) / CONFIRM_RETRY_SHARE))
 
 
 def checkin_backoff(poll_interval_secs: float, failures: int, jitter: float) -> timedelta:
@@ -845,7 +867,7 @@ class AgentSession:
         if isinstance(event, ConfirmAnswered | ConfirmFailed) and (
             new.phase is Phase.CONFIRM_WINDOW
         ):
-            return now + timedelta(seconds=self._confirm_retry)
+            return now + confirm_retry_delay(new.confirm_deadline, now, self._confirm_retry)
         return self._next_poll_at
 
 
@@ -855,6 +877,7 @@ __all__ = [
     "CP_410_PREFIX",
     "CP_410_REASON",
     "CP_SIGNAL_PREFIX",
+    "MIN_CONFIRM_WINDOW_SECS",
     "NO_ROLLBACK_SWITCH_PHASES",
     "QUARANTINE_REPOST",
     "QUARANTINE_WINDOW",
@@ -906,5 +929,6 @@ __all__ = [
     "VerifyMismatch",
     "checkin_backoff",
     "checkin_request",
+    "confirm_retry_delay",
     "step",
 ]

@@ -48,8 +48,13 @@ class CheckinFailed:
 
 # --- manifest (lifecycle §5.10) --------------------------------------------------
 
-ManifestFailure = Literal["missing", "verify-failed", "mismatch"]
-MANIFEST_FAILURES: tuple[ManifestFailure, ...] = ("missing", "verify-failed", "mismatch")
+ManifestFailure = Literal["missing", "verify-failed", "mismatch", "clock-skew"]
+MANIFEST_FAILURES: tuple[ManifestFailure, ...] = (
+    "missing",
+    "verify-failed",
+    "mismatch",
+    "clock-skew",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,7 +66,8 @@ class ManifestOk:
 class ManifestFailed:
     kind: ManifestFailure
     """`missing` (HTTP, 404, network), `verify-failed` (signature, freshness,
-    rejectBefore) or `mismatch` (id ≠ advertised, host not in hostSet)."""
+    rejectBefore), `mismatch` (id ≠ advertised, host not in hostSet) or `clock-skew`
+    (signed further ahead of this host's clock than the slack: its clock is behind)."""
     reason: str
 
 

@@ -5,7 +5,8 @@ lives only in memory (phase, current closure, the armed watchdog, loop counters)
 `from_files` (one text per file; the shell writes each atomically and deletes the
 files mapped to None) or to one JSON object through `to_json` / `from_json`. A
 malformed entry reads as absent, never as an error: a damaged state dir costs at
-most one confirm, never a start-up.
+most one confirm, never a start-up. `read_files` also says which files were dropped
+and why, so the shell can tell the operator.
 """
 
 from __future__ import annotations
@@ -222,25 +223,24 @@ class PersistedState:
     @classmethod
     def from_files(cls, files: Mapping[str, str | None]) -> PersistedState:
         """Inverse of `to_files`: missing, None or malformed files read as absent."""
-        objects: dict[str, Any] = {}
+        return cls.read_files(files)[0]
+
+    @classmethod
+    def read_files(cls, files: Mapping[str, str | None]) -> tuple[PersistedState, dict[str, str]]:
+        """`from_files`, plus why each file present but unusable (empty, truncated, of
+        the wrong shape) was dropped, by file name: the shell says so in its log."""
+        values: dict[str, Any] = {}
+        problems: dict[str, str] = {}
         for name in STATE_FILES:
             text = files.get(name)
-            if text is None or name == LAST_CONFIRMED_AT:
+            if text is None:
                 continue
             try:
-                objects[name] = json.loads(text)
-            except ValueError:
-                continue
-        loaded = cls.from_json(objects)
-        confirmed = _lenient(_read_confirmed_text, files.get(LAST_CONFIRMED_AT))
-        return PersistedState(
-            last_dispatched=loaded.last_dispatched,
-            last_confirmed_at=confirmed,
-            last_target=loaded.last_target,
-            last_fetch_outcome=loaded.last_fetch_outcome,
-            last_deferred=loaded.last_deferred,
-            last_failed_closure=loaded.last_failed_closure,
-        )
+                values[name] = _read_file_text(name, text)
+            except _MALFORMED as exc:
+                problems[name] = str(exc) or type(exc).__name__
+        # File names are the field names (lifecycle §5.9).
+        return cls(**values), problems
 
 
 # --- in-memory records -------------------------------------------------------------
@@ -313,14 +313,30 @@ class AgentState:
 _T = TypeVar("_T")
 
 
+_MALFORMED = (NixfleetError, ValueError, TypeError, KeyError, OverflowError)
+
+
 def _lenient(read: Callable[[Any], _T], value: Any) -> _T | None:
     """`read(value)`, with absent, null or malformed reading as None."""
     if value is None:
         return None
     try:
         return read(value)
-    except (NixfleetError, ValueError, TypeError, KeyError, OverflowError):
+    except _MALFORMED:
         return None
+
+
+def _read_file_text(name: str, text: str) -> Any:
+    """One state file's record; raises one of `_MALFORMED` saying what is wrong."""
+    if not text.strip():
+        raise ValueError("empty file")
+    if name == LAST_CONFIRMED_AT:
+        return _read_confirmed_text(text)
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from exc
+    return _FILE_READERS[name](value)
 
 
 def _instant(r: Reader, key: str) -> datetime:
@@ -457,3 +473,13 @@ def _read_failed(value: Any) -> LastFailedClosure:
         reason=r.str("reason"),
         last_quarantine_post_at=_opt_instant(r, "lastQuarantinePostAt"),
     )
+
+
+_FILE_READERS: Mapping[str, Callable[[Any], Any]] = {
+    LAST_DISPATCHED: _read_dispatched,
+    LAST_TARGET: _read_target,
+    LAST_FETCH_OUTCOME: _read_fetch_outcome,
+    LAST_DEFERRED: _read_deferred,
+    LAST_FAILED_CLOSURE: _read_failed,
+}
+"""The JSON state files' readers (`last_confirmed_at` is text, read on its own)."""

@@ -2,7 +2,8 @@
 
 The manifest is verified over the bytes received: CI's signature, the fixed 3600 s
 window, rejectBefore, its content hash equal to the advertised rolloutId, and this
-host listed at the target's wave.
+host listed at the target's wave. A manifest signed further ahead than the clock slack
+is this host's clock being behind, not a bad manifest: `clock-skew`, said so plainly.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from datetime import datetime
 from .agent_events import ManifestFailed, ManifestOk
 from .canonical import load_json
 from .errors import ParseError, VerifyError
+from .freshness import age_secs
 from .manifest import listed_hosts, lists_host, parse_manifest
+from .timeutil import parse_instant
 from .trust import Trust
-from .verify import ROLLOUT_ID_MISMATCH, verify_rollout_manifest
+from .verify import FUTURE_DATED, ROLLOUT_ID_MISMATCH, verify_rollout_manifest
 
 
 def check_manifest(
@@ -37,6 +40,8 @@ def check_manifest(
     except VerifyError as exc:
         if exc.reason == ROLLOUT_ID_MISMATCH:
             return ManifestFailed(kind="mismatch", reason=str(exc))
+        if exc.reason == FUTURE_DATED:
+            return ManifestFailed(kind="clock-skew", reason=_clock_behind(body, now))
         return ManifestFailed(kind="verify-failed", reason=str(exc))
     try:
         listed = _host_set(verified.canonical, rollout_id)
@@ -48,6 +53,17 @@ def check_manifest(
             reason=f"({hostname}, wave {wave_index}) is not in rollout {rollout_id}'s hostSet",
         )
     return ManifestOk()
+
+
+def _clock_behind(body: bytes, now: datetime) -> str:
+    """What to tell the operator about a future-dated manifest (its signature has
+    verified, so `meta.signedAt` is the signer's word)."""
+    signed_at_text = load_json(body)["meta"]["signedAt"]
+    behind = -age_secs(parse_instant(signed_at_text, source="rollout manifest"), now)
+    return (
+        f"your clock is {behind} s behind the manifest's signedAt ({signed_at_text}); "
+        "fix the host clock"
+    )
 
 
 @functools.lru_cache(maxsize=16)

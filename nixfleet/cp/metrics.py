@@ -19,6 +19,12 @@ class CpMetrics:
             ["gate"],
             registry=self.registry,
         )
+        self.clock_skew = Gauge(
+            "nixfleet_agent_clock_skew_seconds",
+            "Agent clock minus CP clock at the host's last checkin (its sentAt)",
+            ["host"],
+            registry=self.registry,
+        )
         build = Gauge(
             "nixfleet_cp_build_info",
             "Build information",

@@ -477,7 +477,7 @@ class Host:
     def state(self) -> Path:
         return self.dir / "state"
 
-    def agent_args(self, *, cp_url: str, pki: Pki, trust: Path, poll: float = 0.5,
+    def agent_args(self, *, cp_url: str, pki: Pki, trust: Path, poll: float = 1,
                    extra: Sequence[str] = ()) -> list[str]:  # fmt: skip
         hk = pki.host_key(self.name)
         cert = self.cert.cert if self.cert is not None else self.dir / "agent-cert.pem"

@@ -143,6 +143,21 @@ def test_other_bad_flags(setup: Setup) -> None:
              "not a PEM certificate")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--poll-interval", "1e9"),
+        ("--poll-interval", "0.01"),
+        ("--poll-interval", "nan"),
+        ("--switch-timeout-secs", "1e9"),
+        ("--switch-timeout-secs", "0"),
+    ],
+)
+def test_interval_flags_are_bounded(setup: Setup, flag: str, value: str) -> None:
+    line = one_line(run_agent([*setup.args(), flag, value]), flag, f"{value!r}")
+    assert "between 1 and 3600 seconds" in line
+
+
 def test_flags_from_the_environment(setup: Setup) -> None:
     env = dict(os.environ)
     env["NIXFLEET_AGENT_TRUST_FILE"] = str(setup.dir / "from-env.json")
@@ -190,3 +205,32 @@ def test_unreachable_cp_with_a_cert_backs_off_checkins(setup: Setup) -> None:
     finally:
         assert agent.stop() == 0
     assert "Traceback" not in agent.log()
+
+
+def test_unusable_state_files_are_moved_aside_with_one_line_each(setup: Setup) -> None:
+    setup.host.cert = setup.pki.issue_agent("h1")
+    state = setup.host.state
+    state.mkdir()
+    bad = {
+        "last_dispatched": '{"closureHash": "truncat',
+        "last_target": "",
+        "last_fetch_outcome": "[]",
+        "last_failed_closure": '{"closureHash": 5}',
+        "last_confirmed_at": "one line only\n",
+    }
+    for name, text in bad.items():
+        (state / name).write_text(text)
+    agent = start_agent(setup.args(), dict(os.environ), setup.dir / "agent.log")
+    try:
+        agent.wait_log("checkin failed", timeout=30)
+    finally:
+        assert agent.stop() == 0
+    log = agent.log()
+    assert "Traceback" not in log
+    lines = [ln for ln in log.splitlines() if "state file unusable" in ln]
+    assert len(lines) == len(bad), lines
+    for name, text in bad.items():
+        [line] = [ln for ln in lines if f"file={state / name} " in ln]
+        assert f"moved_to={state / name}.corrupt " in line and "starting without it" in line
+        assert (state / f"{name}.corrupt").read_text() == text
+        assert not (state / name).exists()

@@ -59,7 +59,7 @@ def token_for(env: CpEnv, host: Host) -> Path:
 
 
 def run(env: CpEnv, host: Host, agents: list[AgentProc], *extra: str) -> AgentProc:
-    argv = host.agent_args(cp_url=env.url(""), pki=env.pki, trust=env.trust_path, poll=0.5,
+    argv = host.agent_args(cp_url=env.url(""), pki=env.pki, trust=env.trust_path, poll=1,
                            extra=extra)  # fmt: skip
     agent = start_agent(argv, dict(os.environ), host.dir / f"agent-{len(agents)}.log")
     agents.append(agent)
@@ -99,6 +99,33 @@ def test_enrol_from_token_and_check_in_with_the_full_basename(
     again.wait_log("checkin ok", count=1)
     assert "enrolled" not in again.log()
     assert cp.lines("enrolled host=h1") and len(cp.lines("enrolled host=h1")) == 1
+
+
+def test_the_agent_that_loses_an_enrolment_race_stops_with_one_line(
+    tmp_path: Path, envs: list[CpEnv], agents: list[AgentProc]
+) -> None:
+    # Two copies of h1 (one token, two machines) enrol at once: the CP takes the nonce
+    # once, the other copy gets 409, which no retry can change.
+    env = CpEnv.create(tmp_path / "cp", declared("h1"))
+    envs.append(env)
+    env.publish()
+    env.start()
+    first = make_host(env, "h1", fake_closure("h1", 1))
+    second = Host(dir=env.dir.parent / "host-h1-copy", name="h1")
+    second.dir.mkdir()
+    os.symlink(f"/nix/store/{fake_closure('h1', 1)}", second.link)
+    token = token_for(env, first)
+    racers = [run(env, h, agents, "--bootstrap-token-file", str(token)) for h in (first, second)]
+    wait_until(lambda: any(a.proc.poll() is not None for a in racers), 30, "a racer exits")
+    loser = next(a for a in racers if a.proc.poll() is not None)
+    winner = next(a for a in racers if a is not loser)
+    assert loser.proc.returncode == 2
+    log = loser.log()
+    assert "Traceback" not in log and "retrying" not in log
+    [line] = [ln for ln in log.splitlines() if "already used" in ln]
+    assert line.startswith("nixfleet-agent: enroll: bootstrap token ")
+    assert "HTTP 409" in line and "mint a new token for h1" in line
+    winner.wait_log("checkin ok")
 
 
 def test_cold_start_cp_is_retried_every_10_s(

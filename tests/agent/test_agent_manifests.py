@@ -128,6 +128,21 @@ async def test_corrupt_cache_is_fetched_again(tmp_path: Path) -> None:
     assert ManifestCache(tmp_path).get(rid) == (raw, sig)
 
 
+async def test_a_slow_host_clock_keeps_the_cached_manifest(tmp_path: Path) -> None:
+    kit = ReleaseKit()
+    source, fetcher = setup(tmp_path, kit)
+    rid, raw, sig = signed_manifest(kit, {"h1": C1}, signed_at=NOW)
+    source.docs[rid] = (raw, sig)
+    assert await fetcher.fetch(rid, 0, NOW) == ManifestOk()
+    # The host clock then goes 10 minutes back: refused as a clock skew, the bytes
+    # (good) stay cached, and the CP is not asked again.
+    skewed = await fetcher.fetch(rid, 0, NOW - timedelta(minutes=10))
+    assert isinstance(skewed, ManifestFailed) and skewed.kind == "clock-skew"
+    assert skewed.reason.startswith("your clock is 600 s behind the manifest's signedAt")
+    assert ManifestCache(tmp_path).get(rid) == (raw, sig)
+    assert source.calls == 1
+
+
 def test_evidence_signatures_verify_with_the_host_key() -> None:
     key = Ed25519PrivateKey.generate()
     signer = EvidenceSigner(key)

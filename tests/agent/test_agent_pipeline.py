@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ class Rig:
 
     def start(self) -> AgentProc:
         argv = self.host.agent_args(
-            cp_url=self.cp.url(), pki=self.pki, trust=self.dir / "trust.json", poll=0.5,
+            cp_url=self.cp.url(), pki=self.pki, trust=self.dir / "trust.json", poll=1,
             extra=["--nix-substituter", self.cache.http_url],
         )  # fmt: skip
         agent = start_agent(argv, self.env, self.dir / f"agent-{len(self.agents)}.log")
@@ -223,6 +224,44 @@ def test_watchdog_rolls_back_when_the_cp_never_confirms(rig: Rig, status: int) -
     assert rig.signed(rolled)
     assert rig.link() == rig.gen1
     assert not (rig.host.state / "last_dispatched").exists()
+
+
+def test_a_confirm_lost_to_a_cp_restart_is_retried_inside_a_10_s_window(rig: Rig) -> None:
+    """Issue 9 #11: the retry used to come 10 s later whatever the window, so one
+    unanswered confirm in a 10 s window meant a watchdog rollback."""
+    gen2 = rig.closure("2")
+    rig.cp.confirm_status = 0  # the CP is restarting: no answer at all
+    agent = rig.start()
+    agent.wait_log("checkin ok")
+    rig.release(gen2, confirm_window_secs=10)
+    wait_until(lambda: rig.cp.confirms, 60, "the first confirm")
+    rig.cp.confirm_status = 204  # back up
+    agent.wait_log("confirm answered status=204", timeout=15)
+    assert "rollback reason=" not in agent.log()
+    assert rig.link() == gen2
+    assert len(rig.cp.confirms) == 2
+    assert rig.cp.events() == ["activation-started"]
+
+
+def test_a_manifest_ahead_of_the_host_clock_is_refused_in_one_line(rig: Rig) -> None:
+    """Issue 9 #13: as an agent whose clock is 10 minutes slow sees a fresh release."""
+    agent = rig.start()
+    rid = rig.release(rig.gen1.replace("host-1", "host-9"), signed_at=now() + timedelta(minutes=10))
+    rig.wait_report("manifest-verify-failed")
+    agent.wait_log("checkin ok", count=3)
+    [line] = [ln for ln in agent.log().splitlines() if "manifest refused" in ln]
+    assert re.search(
+        r"manifest refused: your clock is (59\d|600) s behind the manifest's signedAt "
+        rf"\(\S+Z\); fix the host clock rollout={rid}$",
+        line,
+    ), line
+    outcome = json.loads((rig.host.state / "last_fetch_outcome").read_text())
+    assert outcome["result"] == "clock-skew"  # not verify-failed, which the CP holds on
+    last = rig.cp.checkins[-1]
+    assert last["lastFetchOutcome"]["result"] == "clock-skew"
+    sent = datetime.fromisoformat(last["sentAt"])
+    assert abs((sent - now()).total_seconds()) < 10
+    assert rig.link() == rig.gen1
 
 
 def test_stale_target_is_refused(rig: Rig) -> None:

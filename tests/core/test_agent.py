@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -64,6 +65,7 @@ from nixfleet.core.agent import (
     SwitchFailed,
     VerifyMismatch,
     checkin_backoff,
+    confirm_retry_delay,
     step,
 )
 from nixfleet.core.closure import ClosureHash, closure_hash_from_path
@@ -152,6 +154,7 @@ def checkin_req(current: ClosureHash = OLD, **changes: Any) -> wire.CheckinReque
         hostname=HOST,
         agent_version=VERSION,
         current_generation=wire.GenerationRef(closure_hash=current, boot_id=BOOT_ID),
+        sent_at=NOW,
     )
     return replace(base, **changes)
 
@@ -1172,6 +1175,62 @@ def test_watchdog_fires_exactly_at_the_deadline() -> None:
     assert world.actions(Rollback) == [Rollback(reason=WATCHDOG_REASON, rollout=RID)]
 
 
+@pytest.mark.parametrize(
+    ("left", "expected"),
+    [
+        (None, 10.0),  # no deadline known: the cap
+        (360.0, 10.0),  # a long window: the cap
+        (20.0, 5.0),  # a quarter of what is left
+        (1.0, 0.5),  # never under half a second
+        (-3.0, 0.5),
+    ],
+)
+def test_confirm_retry_delay(left: float | None, expected: float) -> None:
+    deadline = None if left is None else NOW + timedelta(seconds=left)
+    assert confirm_retry_delay(deadline, NOW, 10.0) == timedelta(seconds=expected)
+
+
+def confirm_times(window_secs: int, confirm: Callable[[int, datetime], AgentEvent]) -> list[float]:
+    """Seconds after the dispatch at which the session sent each confirm, until the
+    first 204 or the watchdog rollback."""
+    world = World(
+        checkin=lambda n, now: response(
+            target(signed_at=now - HOUR, activate=wire.Activate(confirm_window_secs=window_secs))
+        ),
+        confirm=confirm,
+    )
+    session = new_session()
+    world.run(
+        session,
+        NOW,
+        until=lambda w: bool(w.actions(Rollback)) or session.state.persisted.last_confirmed_at,
+    )
+    return [(t - NOW).total_seconds() for t, a in world.log if isinstance(a, SendConfirm)]
+
+
+@pytest.mark.parametrize("window_secs", [10, 30, 360])
+def test_at_least_three_confirm_retries_fit_in_any_window(window_secs: int) -> None:
+    """A fixed 10 s retry left no retry at all inside a 10 s window (issue 9 #11)."""
+    sent = confirm_times(window_secs, lambda n, now: ConfirmFailed(reason="cp restarting"))
+    assert len(sent) >= 4  # the first confirm and at least 3 retries
+    assert all(t < window_secs for t in sent)
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert min(gaps) >= 0.5 and max(gaps) <= 10
+
+
+def test_a_short_cp_outage_inside_a_10_s_window_costs_no_rollback() -> None:
+    """The CP restarts for 1 s just as the agent confirms: the next retry lands."""
+    sent = confirm_times(
+        10,
+        lambda n, now: (
+            ConfirmFailed(reason="connection refused")
+            if now < NOW + SEC
+            else ConfirmAnswered(status=204)
+        ),
+    )
+    assert sent == [0.0, 2.5]
+
+
 def test_watchdog_early_wake_is_ignored_then_fires_at_deadline() -> None:
     session = AgentSession(WINDOW_STATE)  # no retry scheduled: only the watchdog wakes it
     assert session.next_action() == Sleep(until=DEADLINE)
@@ -1452,13 +1511,17 @@ def test_restored_state_round_trips_through_a_session() -> None:
         ("last_fetch_outcome", '{"result": "maybe"}'),
         ("last_deferred", '{"closureHash": 3}'),
         ("last_failed_closure", '{"closureHash": "x", "failureCount": 0}'),
+        ("last_target", ""),
+        ("last_confirmed_at", " \n"),
     ],
 )
 def test_malformed_state_file_reads_as_absent(name: str, text: str) -> None:
     files = {k: v for k, v in FULL.to_files().items() if v is not None}
     files[name] = text
-    loaded = PersistedState.from_files(files)
+    loaded, problems = PersistedState.read_files(files)
+    assert PersistedState.from_files(files) == loaded
     assert getattr(loaded, name) is None
+    assert list(problems) == [name] and problems[name]  # says which file, and why
     for other in files:
         if other != name:
             assert getattr(loaded, other) == getattr(FULL, other)

@@ -92,15 +92,16 @@ def test_seed_002_revoke_a_hosts_cert(make_env: MakeEnv) -> None:
 def test_seed_002_stuck_agent_query_shows_dispatches(make_env: MakeEnv) -> None:
     env = make_env(declared("h"))
     env.publish()
-    env.extra_args += ["--confirm-deadline-secs", "1"]
     cert = env.agent("h")
     cp = env.start()
     body = checkin_body("h", fake_closure("h", 0))
 
     first = post(env, "/v1/agent/checkin", body, cert=cert).json()["target"]
     assert first["closureHash"] == fake_closure("h", 1)
-    # The agent never confirms: the rollback timer expires the row, the next checkin
-    # dispatches again (what a ghost loop looks like in the table).
+    # The agent never confirms: the rollback timer expires the row (its deadline moved
+    # into the past by hand rather than waiting out the shortest window, 30 s), the next
+    # checkin dispatches again (what a ghost loop looks like in the table).
+    sqlite3(env.db_path, "UPDATE pending_confirms SET confirm_deadline = '2000-01-01T00:00:00Z';")
     cp.wait_log(r"rolling back: confirm window expired .*host=h\b")
     second = post(env, "/v1/agent/checkin", body, cert=cert).json()["target"]
     assert second["rolloutId"] == first["rolloutId"]

@@ -27,7 +27,7 @@ from harness.cpenv import curl
 from harness.fleetgen import ChannelDecl
 from harness.localfleet import LocalFleet
 from harness.nshost import namespaces_available
-from nixfleet.core.agent import WATCHDOG_REASON
+from nixfleet.core.agent import MIN_CONFIRM_WINDOW_SECS, WATCHDOG_REASON
 
 pytestmark = [
     pytest.mark.nix,
@@ -242,7 +242,7 @@ def test_failed_switch_rolls_back_reports_and_halts_the_rollout(make_fleet: Make
 def test_cp_stopped_after_dispatch_the_agent_rolls_back_at_the_deadline(
     make_fleet: MakeFleet,
 ) -> None:
-    window = 6
+    window = MIN_CONFIRM_WINDOW_SECS
     fleet = make_fleet(hosts=1, confirm_deadline_secs=window)
     h = fleet.host("h1")
     r0 = fleet.release_of(0)
@@ -278,7 +278,7 @@ def test_cp_stopped_after_dispatch_the_agent_rolls_back_at_the_deadline(
 def test_cp_wiped_and_restarted_mid_confirm_answers_204_by_orphan_recovery(
     make_fleet: MakeFleet,
 ) -> None:
-    fleet = make_fleet(hosts=1, confirm_deadline_secs=20)
+    fleet = make_fleet(hosts=1)
     h = fleet.host("h1")
     r0 = fleet.release_of(0)
     # A 6 s switch: the CP is stopped, wiped and restarted while it runs (seed 001).
@@ -364,7 +364,7 @@ def test_unknown_cache_key_and_stale_target_are_refused(make_fleet: MakeFleet) -
 def test_sigkill_mid_activation_then_restart_converges_without_a_second_activation(
     make_fleet: MakeFleet,
 ) -> None:
-    fleet = make_fleet(hosts=1, confirm_deadline_secs=8)
+    fleet = make_fleet(hosts=1)
     h = fleet.host("h1")
     r0 = fleet.release_of(0)
 
@@ -400,7 +400,7 @@ def test_sigkill_mid_activation_then_restart_converges_without_a_second_activati
     issued = fleet.cp_lines("dispatch: target issued", "h1")[-1]
     assert f"target_closure={t2}" in issued
     deadline = datetime.fromisoformat(issued.split("confirm_deadline=")[1].split()[0])
-    wait_for(lambda: datetime.now(UTC) > deadline, 20, "the confirm deadline passed")
+    wait_for(lambda: datetime.now(UTC) > deadline, 40, "the confirm deadline passed")
     fleet.wait_checkins("h1", 3)
     rid2 = r2.rollout_of("h1")
     assert fleet.cp_lines(f"confirm received (revived at checkin) rollout={rid2}", "h1")
