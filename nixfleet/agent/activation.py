@@ -7,7 +7,11 @@ signature phrases (case-insensitive) is a signature refusal; any other failure, 
 a realised path other than the requested one, is a plain fetch failure.
 
 Activate:
-1. `/run/nixos/switch-to-configuration.lock` held ⇒ RealiseFailed (retry later);
+1. `/run/nixos/switch-to-configuration.lock` held (the detached switch of an agent
+   killed mid-switch outlives it) ⇒ wait for it, at most the switch timeout; if it
+   ended on the target, adopt it (FiredAndPolled, no second switch), else go on; still
+   held ⇒ RealiseFailed (retry later). The same check runs when this run's own switch
+   exits having lost the lock to such a switch;
 2. the closure is realised (a no-op when the fetch put it in the store);
 3. `nix-env --profile <profile> --set <path>` (⇒ SwitchFailed `nix-env-set`), after
    reading the previous current-system basename;
@@ -336,10 +340,32 @@ class NixActivator:
             log.error("activate: cannot run a command closure=%s reason=%s", closure, exc)
             return SpawnFailed(detail=str(exc))
 
+    async def _await_running_switch(self) -> bool:
+        """Wait (at most the switch timeout) for a switch another process runs: the
+        detached switch of an agent killed mid-switch outlives it. True once free."""
+        deadline = time.monotonic() + self.switch_timeout
+        while self.switch_lock_held():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(self.poll_interval)
+        return True
+
+    async def _adopted(self, closure: ClosureHash) -> bool:
+        """After a switch that was not ours ended: did it leave `closure` running?"""
+        if self.current_system() != closure:
+            return False
+        log.info("switch: adopting a finished switch to the target closure=%s", closure)
+        await self._fix_drift(closure)
+        return True
+
     async def _activate(self, closure: ClosureHash) -> ActivationOutcome:
         path = store_path(closure)
         if self.switch_lock_held():
-            return RealiseFailed(reason=f"{self.switch_lock} is held (a switch is running)")
+            log.info("switch: another switch holds %s; waiting for it", self.switch_lock)
+            if not await self._await_running_switch():
+                return RealiseFailed(reason=f"{self.switch_lock} is held (a switch is running)")
+            if await self._adopted(closure):
+                return FiredAndPolled()
         if not os.path.isdir(path):
             fetched = await self.fetch(closure)
             if isinstance(fetched, FetchFailed):
@@ -366,6 +392,14 @@ class NixActivator:
         if end.actual is not None and end.actual != previous:
             return VerifyMismatch(expected=closure, actual=end.actual)
         if end.exited and not self.systemd:
+            # Lost the lock to a switch started a moment earlier by a killed agent's
+            # run: when that one ends on the target, the target is running after all.
+            if (
+                self.switch_lock_held()
+                and await self._await_running_switch()
+                and await self._adopted(closure)
+            ):
+                return FiredAndPolled()
             return SwitchFailed(
                 phase=SWITCH_EXIT, exit_code=end.exit_code, stderr_tail=stderr_tail(end.output)
             )

@@ -100,7 +100,7 @@ class Dispatch:
     """The host's pending row's target again: no new row, the row's own deadline."""
 
 
-MIN_REOFFER_WINDOW = timedelta(seconds=30)
+MIN_REOFFER_WINDOW = timedelta(seconds=15)
 """A pending target is sent again only with at least this much of its window left;
 closer to the deadline the row expires (H5) and the next checkin dispatches anew."""
 

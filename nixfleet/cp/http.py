@@ -15,6 +15,8 @@ from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,7 +31,7 @@ from .api import CONFIRM_STATUS, ApiError, forbidden, unauthorized
 from .config import DEFAULT_BODY_READ_TIMEOUT_SECS
 from .dbtrouble import db_trouble_middleware
 from .issuance import Role, role_of
-from .listener import body_deadline
+from .listener import body_deadline, peer_noise
 from .service import CpService
 
 log = logging.getLogger("nixfleet.cp")
@@ -73,6 +75,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return resp
     except ParseError as exc:
         return _error_body(400, "bad request", exc.message)
+    except (HttpProcessingError, RequestPayloadError) as exc:
+        # The body could not be read as sent (e.g. a Content-Encoding it does not
+        # have): the peer's doing; the stream is unusable, so the connection closes.
+        reason = peer_noise(exc) or "malformed request"
+        log.info("http: request dropped peer=%s reason=%s", request.remote, reason)
+        resp = _error_body(400, "bad request", reason)
+        resp.force_close()
+        return resp
     except NixfleetError as exc:
         return _error_body(exc.http_status, _phrase(exc.http_status), exc.message)
     except web.HTTPException as exc:

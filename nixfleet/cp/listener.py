@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler, Middleware
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from nixfleet.core.idents import escape_controls
 
@@ -63,8 +63,9 @@ class PeerCounter:
 
 def peer_noise(exc: object) -> str | None:
     """Why a failure is the peer's doing (one line), or None if it is a bug of ours."""
-    if isinstance(exc, HttpProcessingError):
-        text = escape_controls(" ".join(str(exc.message).split())) or type(exc).__name__
+    if isinstance(exc, HttpProcessingError | RequestPayloadError):
+        message = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+        text = escape_controls(" ".join(str(message).split())) or type(exc).__name__
         if len(text) > MAX_REASON_CHARS:
             text = text[:MAX_REASON_CHARS] + "…"
         return f"malformed request ({text})"

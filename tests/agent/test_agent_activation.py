@@ -6,9 +6,11 @@ at itself (or fails, or points elsewhere); the profile lives under tmp_path.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 from pathlib import Path
+from typing import IO
 
 import pytest
 from agent_testlib import (
@@ -201,10 +203,40 @@ async def test_held_switch_lock_is_realise_failed(tmp_path: Path, systems: FakeS
     lock = tmp_path / "switch.lock"
     with lock.open("w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
-        outcome = await activator(tmp_path, systems).activate(c(gen2))
+        act = activator(tmp_path, systems, switch_timeout_secs=0.3)
+        outcome = await act.activate(c(gen2))
     assert isinstance(outcome, RealiseFailed) and "held" in outcome.reason
     assert systems.current() == gen1
     assert await activator(tmp_path, systems).activate(c(gen2)) == FiredAndPolled()
+
+
+async def test_switch_left_running_by_a_killed_agent_is_adopted(
+    tmp_path: Path, systems: FakeSystems
+) -> None:
+    """Issue 9 #12: an agent killed mid-switch is restarted while its detached switch
+    still runs; the target is offered again. The new run waits for that switch and,
+    when it ends on the target, adopts it: no second switch, no failure, no rollback."""
+    gen1, gen2 = systems.add("1"), systems.add("2")
+    profile = tmp_path / "profiles" / "system"
+    booted(systems, profile, gen1)
+    set_profile(profile, gen2, systems.env)  # the killed run's nix-env --set
+    lock = tmp_path / "switch.lock"
+
+    async def earlier_switch(fh: IO[str]) -> None:
+        await asyncio.sleep(0.3)
+        tmp = systems.link.with_name("current-system.new")
+        os.symlink(gen2, tmp)
+        os.replace(tmp, systems.link)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+    with lock.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        running = asyncio.create_task(earlier_switch(fh))
+        outcome = await activator(tmp_path, systems).activate(c(gen2))
+        await running
+    assert outcome == FiredAndPolled()
+    assert systems.current() == gen2
+    assert systems.calls() == []  # this run fired no switch of its own
 
 
 async def test_missing_nix_env_is_spawn_failure(tmp_path: Path, systems: FakeSystems) -> None:

@@ -302,7 +302,7 @@ def test_pending_target_is_offered_again_to_a_host_that_lost_it() -> None:
 @pytest.mark.parametrize(
     ("facts", "plan", "op"),
     [
-        (FACTS, PLAN, row(d.PENDING, deadline=NOW + timedelta(seconds=29))),
+        (FACTS, PLAN, row(d.PENDING, deadline=NOW + d.MIN_REOFFER_WINDOW - timedelta(seconds=1))),
         (FACTS, PLAN, row(d.PENDING, closure=OLD)),
         (FACTS, PLAN, row(d.PENDING, rid="b" * 64)),
         (FACTS, replace(PLAN, rollout_halted=True), row(d.PENDING)),
