@@ -605,6 +605,7 @@ class LocalFleet:
             "--system-profile", str(h.root.profile),
             "--current-system-link", str(h.root.current_system),
             "--booted-system-link", str(h.root.booted_system),
+            "--switch-lock", str(h.root.switch_lock),
             "--nix-substituter", self.cache.url,
             "--switch-timeout-secs", f"{self.switch_timeout_secs:g}",
             *extra,

@@ -96,7 +96,6 @@ ROLLBACK_SWITCH_EXIT = "rollback-switch-exit"
 
 SWITCH_UNIT = "nixfleet-switch"
 ROLLBACK_UNIT = "nixfleet-rollback"
-SWITCH_LOCK = Path("/run/nixos/switch-to-configuration.lock")
 SYSTEMD_MARKER = Path("/run/systemd/system")
 
 INHIBITORS = (
@@ -231,7 +230,7 @@ class NixActivator:
         switch_timeout_secs: float = DEFAULT_SWITCH_TIMEOUT_SECS,
         poll_interval_secs: float = DEFAULT_POLL_INTERVAL_SECS,
         realise_timeout_secs: float = DEFAULT_REALISE_TIMEOUT_SECS,
-        switch_lock: Path = SWITCH_LOCK,
+        switch_lock: Path,
         switch_log: Path | None = None,
         systemd: bool | None = None,
         systemd_run: str = "systemd-run",

@@ -35,6 +35,7 @@ DEFAULT_HEALTH_CHECKS = "/etc/nixfleet/agent/health-checks.json"
 DEFAULT_SYSTEM_PROFILE = "/nix/var/nix/profiles/system"
 DEFAULT_CURRENT_SYSTEM = "/run/current-system"
 DEFAULT_BOOTED_SYSTEM = "/run/booted-system"
+DEFAULT_SWITCH_LOCK = "/run/nixos/switch-to-configuration.lock"
 DEFAULT_RENEWAL_THRESHOLD = 0.5
 DEFAULT_SWITCH_TIMEOUT_SECS = 300.0
 # Bounds of the interval flags: a typo (`1e9`, `0.001`) is refused at start rather
@@ -64,6 +65,7 @@ class AgentConfig:
     system_profile: Path = Path(DEFAULT_SYSTEM_PROFILE)
     current_system_link: Path = Path(DEFAULT_CURRENT_SYSTEM)
     booted_system_link: Path = Path(DEFAULT_BOOTED_SYSTEM)
+    switch_lock: Path = Path(DEFAULT_SWITCH_LOCK)
     nix_substituters: tuple[str, ...] = ()
     """Empty: nix's own `substituters`."""
     trusted_public_keys: tuple[str, ...] = ()
@@ -110,6 +112,8 @@ def add_agent_flags(p: argparse.ArgumentParser, environ: Mapping[str, str] | Non
          help="link to the running system")  # fmt: skip
     flag("--booted-system-link", type=Path, default=Path(DEFAULT_BOOTED_SYSTEM),
          help="link to the booted system")  # fmt: skip
+    flag("--switch-lock", type=Path, default=Path(DEFAULT_SWITCH_LOCK),
+         help="the lock switch-to-configuration holds while it runs")  # fmt: skip
     flag("--switch-timeout-secs", default=str(int(DEFAULT_SWITCH_TIMEOUT_SECS)),
          help="bound on waiting for a switch or rollback to settle, 1 to 3600 s")  # fmt: skip
     # Repeatable; the environment holds a whitespace-separated list (nix's own syntax).
@@ -192,6 +196,7 @@ def config_from_args(
         system_profile=args.system_profile,
         current_system_link=args.current_system_link,
         booted_system_link=args.booted_system_link,
+        switch_lock=args.switch_lock,
         nix_substituters=_list(args.nix_substituter, "--nix-substituter", env),
         trusted_public_keys=_list(args.trusted_public_key, "--trusted-public-key", env),
         switch_timeout_secs=_seconds(

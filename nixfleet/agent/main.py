@@ -127,6 +127,7 @@ async def serve(cfg: AgentConfig) -> int:
         profile=cfg.system_profile,
         current_link=cfg.current_system_link,
         booted_link=cfg.booted_system_link,
+        switch_lock=cfg.switch_lock,
         substituters=cfg.nix_substituters,
         trusted_public_keys=cache_keys,
         switch_timeout_secs=cfg.switch_timeout_secs,
