@@ -85,8 +85,8 @@ if str(ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402
 
+from fleet_sim.fleetgen import HostDecl, fake_closure  # noqa: E402
 from harness.cpenv import CpEnv, CpProcess, free_port  # noqa: E402
-from harness.fleetgen import HostDecl, fake_closure  # noqa: E402
 from harness.pki import Pki, client_ssl_context  # noqa: E402
 from nixfleet.core import wire  # noqa: E402
 from nixfleet.core.snapshot import SOURCE_UPSTREAM, snapshot_from_verified  # noqa: E402

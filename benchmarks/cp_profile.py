@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 
 from cp_load import prime_converged  # noqa: E402
 
-from harness.fleetgen import HostDecl, ReleaseKit, ci_commit, fake_closure, fleet_doc  # noqa: E402
+from fleet_sim.fleetgen import HostDecl, ReleaseKit, ci_commit, fake_closure, fleet_doc  # noqa: E402
 from nixfleet.core import wire  # noqa: E402
 from nixfleet.core.gates import GateView  # noqa: E402
 from nixfleet.core.trust import parse_trust  # noqa: E402

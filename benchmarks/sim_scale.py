@@ -29,12 +29,12 @@ def _one(hosts: int, seed: int, out: mp.Queue) -> None:  # type: ignore[type-arg
     started = time.perf_counter()
     world = World(SimConfig(hosts=hosts, waves=3, poll_secs=60, seed=seed)).run()
     wall = time.perf_counter() - started
-    verdicts = run_checkers(world, CLEAN_RUN)
+    verdicts = run_checkers(world.as_run(), CLEAN_RUN)
     out.put({
         "hosts": hosts,
         "wall_s": round(wall, 2),
-        "events": len(world.history.ops),
-        "events_per_s": round(len(world.history.ops) / wall),
+        "events": len(world.history.events),
+        "events_per_s": round(len(world.history.events) / wall),
         "sim_s": world.env.now,
         "settled_at_s": world.settled_at,
         "sim_s_per_wall_s": round(world.env.now / wall, 1),

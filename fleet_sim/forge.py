@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from harness.fleetgen import ChannelDecl, HostDecl, ReleaseKit, ci_commit, fleet_doc
+from .fleetgen import ChannelDecl, HostDecl, ReleaseKit, ci_commit, fleet_doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class SimForge:
         channels: Mapping[str, ChannelDecl] | None = None,
         on_health_failure: str = "rollback-and-halt",
     ) -> Release:
-        number = len(self.releases) + 1
+        number = len(self.releases)  # release 0 is what the hosts run at start
         doc = fleet_doc(
             hosts,
             signed_at=signed_at,

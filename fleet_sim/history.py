@@ -11,9 +11,9 @@ from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
-class Op:
+class Event:
     t: float
-    """Simulated seconds since the start of the run."""
+    """Seconds since the fleet started (simulated here; wall time on a real fleet)."""
     kind: str
     host: str | None
     detail: dict[str, Any] = field(default_factory=dict)
@@ -25,21 +25,26 @@ class Op:
 
 class History:
     def __init__(self) -> None:
-        self.ops: list[Op] = []
+        self.events: list[Event] = []
         self._hash = hashlib.sha256()
 
-    def record(self, t: float, kind: str, host: str | None = None, **detail: Any) -> None:
-        op = Op(t, kind, host, detail)
-        self.ops.append(op)
-        self._hash.update(op.line().encode())
+    def add(self, event: Event) -> None:
+        self.events.append(event)
+        self._hash.update(event.line().encode())
         self._hash.update(b"\n")
+
+    def record(self, t: float, kind: str, host: str | None = None, **detail: Any) -> None:
+        self.add(Event(t, kind, host, detail))
 
     def trace_hash(self) -> str:
         """sha256 of the whole event trace: same scenario and seed → same hash."""
         return self._hash.hexdigest()
 
-    def of(self, kind: str, host: str | None = None) -> Iterator[Op]:
-        return (op for op in self.ops if op.kind == kind and (host is None or op.host == host))
+    def of(self, kind: str, host: str | None = None) -> Iterator[Event]:
+        return (op for op in self.events if op.kind == kind and (host is None or op.host == host))
 
     def count(self, kind: str, host: str | None = None) -> int:
         return sum(1 for _ in self.of(kind, host))
+
+    def __len__(self) -> int:
+        return len(self.events)

@@ -235,7 +235,7 @@ def _run_with_progress(world: World, console: Console) -> None:
 
         def tick(w: World) -> None:
             progress.update(task, completed=on_target(w), sim=fmt_secs(float(w.env.now)),
-                            events=len(w.history.ops))  # fmt: skip
+                            events=len(w.history.events))  # fmt: skip
 
         run_world(world, tick, every=max(PROGRESS_EVERY_SECS, world.config.poll_secs))
         tick(world)
@@ -252,7 +252,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _run_with_progress(world, err)
         else:
             run_world(world)
-    verdicts = run_checkers(world, select_checkers(args.checkers, config))
+    verdicts = run_checkers(world.as_run(), select_checkers(args.checkers, config))
     metrics = compute(world)
     report = None if args.no_report else Path(args.report or f"reports/sim-{config.seed}")
     if report is not None:

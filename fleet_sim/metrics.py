@@ -94,7 +94,7 @@ def _on_target_transitions(world: World) -> tuple[dict[str, bool], dict[str, flo
     on = dict.fromkeys(world.hosts, initially)
     since = dict.fromkeys(world.hosts, 0.0)
     changes: list[tuple[float, str, bool]] = []
-    for op in world.history.ops:
+    for op in world.history.events:
         if op.host is None or op.host not in on:
             continue
         if op.kind == "activated":
@@ -118,7 +118,7 @@ def _released_at(world: World) -> float | None:
     times = [
         op.t
         for op in world.history.of("release")
-        if op.detail.get("generation") == world.generation
+        if op.detail.get("release") == world.generation
     ]
     return times[-1] if times else None
 
@@ -141,7 +141,7 @@ def compute(world: World) -> dict[str, Any]:
     config = world.config
     history = world.history
     end = float(world.env.now)
-    kinds = Counter(op.kind for op in history.ops)
+    kinds = Counter(op.kind for op in history.events)
     on, since, _changes = _on_target_transitions(world)
     released_at = _released_at(world)
 
@@ -198,7 +198,7 @@ def compute(world: World) -> dict[str, Any]:
         },
         "hosts": len(world.hosts),
         "waves": len(world.waves),
-        "events": len(history.ops),
+        "events": len(history.events),
         "sim_seconds": _r(end),
         "settled_at": None if world.settled_at is None else _r(world.settled_at),
         "released_at": None if released_at is None else _r(released_at),
@@ -218,7 +218,7 @@ def compute(world: World) -> dict[str, Any]:
 def _bins(world: World, width: float, kinds: Sequence[str] = RATE_KINDS) -> dict[str, list[int]]:
     count = math.floor(float(world.env.now) / width) + 1
     out = {k: [0] * count for k in kinds}
-    for op in world.history.ops:
+    for op in world.history.events:
         if op.kind in out:
             out[op.kind][min(count - 1, int(op.t // width))] += 1
     return out

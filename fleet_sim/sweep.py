@@ -35,7 +35,7 @@ def select_checkers(name: str, config: SimConfig) -> list[Checker]:
     fault-free release must converge with every host activated once."""
     base = list(CLEAN_RUN if name == "clean" else DEFAULT)
     if any(type(f).__name__ in CP_RESTART_FAULTS for f in config.faults):
-        base.append(checkins_after_restart(within=2 * config.poll_secs))
+        base.append(checkins_after_restart(polls=2))
     return base
 
 
@@ -92,7 +92,7 @@ def run_task(task: RunTask) -> dict[str, Any]:
     scenario = Scenario(config=dict(task.config), faults=task.faults, source=task.source)
     config = scenario.with_config(seed=task.seed).sim_config()
     world = World(config).run()
-    verdicts = run_all(world, select_checkers(task.checkers, config))
+    verdicts = run_all(world.as_run(), select_checkers(task.checkers, config))
     return {
         "params": dict(task.params),
         "seed": task.seed,

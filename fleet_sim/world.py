@@ -15,14 +15,15 @@ from typing import Any
 
 import simpy
 
-from harness.fleetgen import ChannelDecl, HostDecl, fake_closure
 from nixfleet.core.agent import Phase
 from nixfleet.core.closure import ClosureHash
 
 from .cache import SimCache
+from .checkers import Final, HostFinal, RolloutFinal, Run
 from .clock import SimClock
 from .cp import SimCp
 from .faults import Fault, compose
+from .fleetgen import ChannelDecl, HostDecl, fake_closure
 from .forge import SimForge
 from .history import History
 from .host import SimHost
@@ -127,13 +128,7 @@ class World:
             },
             on_health_failure=self.config.policy,
         )
-        self.record(
-            "release",
-            None,
-            number=rel.number,
-            generation=generation,
-            rollout=rel.rollout_ids.get("stable"),
-        )
+        self.record("release", None, release=rel.number, rollout=rel.rollout_ids.get("stable"))
 
     def target(self, name: str) -> ClosureHash:
         return ClosureHash(fake_closure(name, self.generation))
@@ -182,12 +177,60 @@ class World:
                 done.succeed()
                 return
 
-    def run(self) -> World:
+    # --- what checkers see ------------------------------------------------------------
+
+    def final(self) -> Final:
+        """The hosts' running systems and the CP's rollout tables, as any backend
+        reports them (no simulator object escapes)."""
+        hosts = {
+            name: HostFinal(
+                current=str(h.current),
+                target=str(self.target(name)),
+                reachable=h.up and name not in self.network.cut,
+            )
+            for name, h in self.hosts.items()
+        }
+        return Final(hosts=hosts, rollouts=self._rollouts(), waves=self.waves)
+
+    def _rollouts(self) -> list[RolloutFinal]:
+        store = self.cp.store
+        if store is None:
+            return []
+        states: dict[str, dict[str, str]] = {}
+        for row in store.participation_rows():
+            states.setdefault(row.rollout_id, {})[row.hostname] = row.host_state
+        order = {
+            str(e.detail.get("rollout")): i for i, e in enumerate(self.history.of("release"))
+        }
+        rows = sorted(store.rollout_rows(), key=lambda r: order.get(r.rollout_id, -1))
+        return [
+            RolloutFinal(
+                rollout_id=ro.rollout_id,
+                state=ro.state,
+                current_wave=ro.current_wave,
+                terminal=ro.terminal_at is not None,
+                host_states=states.get(ro.rollout_id, {}),
+            )
+            for ro in rows
+        ]
+
+    def as_run(self) -> Run:
+        return Run(
+            backend="sim", history=self.history, final=self.final(), poll_secs=self.poll_secs
+        )
+
+    # --- running -------------------------------------------------------------------------
+
+    def boot(self) -> None:
+        """Release 0 installed, the CP started, every agent started within one poll."""
         logging.getLogger("nixfleet.cp").setLevel(logging.WARNING)
         self.release(0)
         self.cp.start()
         for host in self.hosts.values():
             host.start(delay=self.rng.uniform(0, self.poll_secs))
+
+    def run(self) -> World:
+        self.boot()
         self.env.process(self._ci())
         for fault in self.faults:
             fault.schedule(self)

@@ -15,7 +15,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,11 +24,19 @@ from typing import Any
 
 import aiohttp
 
+from fleet_sim.fleetgen import (
+    HostDecl,
+    ReleaseKit,
+    ci_commit,
+    fake_closure,
+    fleet_doc,
+    revocations_doc,
+)
 from nixfleet.agent.csr import build_csr
 from nixfleet.core.token import dump_token, mint_token
 
-from .fleetgen import HostDecl, ReleaseKit, ci_commit, fake_closure, fleet_doc, revocations_doc
 from .forge import Forge, ForgeTls
+from .launch import launcher
 from .pki import AgentCert, CertPaths, HostKey, Pki
 
 TABLES = (
@@ -121,6 +128,8 @@ class CpEnv:
     extra_args: list[str] = field(default_factory=list)
     processes: list[CpProcess] = field(default_factory=list)
     release_count: int = 0
+    launcher: list[str] = field(default_factory=lambda: launcher(None))
+    """The argv prefix that runs `nixfleet.cp.main` (`harness.launch` applies a mutant)."""
 
     @classmethod
     def create(cls, dir: Path, hosts: Mapping[str, HostDecl], *, with_forge: bool = True) -> CpEnv:
@@ -274,7 +283,7 @@ class CpEnv:
         full_env.update(env or {})
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "nixfleet.cp.main", *(args or self.args())],
+                [*self.launcher, "nixfleet.cp.main", *(args or self.args())],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=full_env,

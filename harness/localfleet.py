@@ -40,7 +40,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,9 +47,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from fleet_sim.fleetgen import ChannelDecl, HostDecl
 from harness.binarycache import BinaryCache
 from harness.cpenv import CpEnv, CpProcess, sqlite3, wait_until
-from harness.fleetgen import ChannelDecl, HostDecl
+from harness.launch import launcher
 from harness.nixfixture import NixBuilder
 from harness.nshost import Activation, Generation, HostRoot, build_host_system, run_in_host
 from harness.pki import HostKey
@@ -259,6 +259,10 @@ class LocalFleet:
     switch_timeout_secs: float
     releases: dict[str, Release] = field(default_factory=dict)
     cp: CpProcess | None = None
+    launcher: list[str] = field(default_factory=lambda: launcher(None))
+    """The argv prefix that runs `nixfleet.agent.main` (`harness.launch` applies a mutant)."""
+    cp_urls: dict[str, str] = field(default_factory=dict)
+    """hostname → the CP URL its agent uses, when not the CP's own (e.g. via a proxy)."""
 
     @classmethod
     def create(
@@ -592,7 +596,7 @@ class LocalFleet:
     def agent_argv(self, name: str, extra: Sequence[str] = ()) -> list[str]:
         h = self.hosts[name]
         return [
-            "--control-plane-url", self.env.url(""),
+            "--control-plane-url", self.cp_urls.get(name, self.env.url("")),
             "--machine-id", name,
             "--poll-interval", f"{self.poll_interval:g}",
             "--trust-file", str(self.env.trust_path),
@@ -623,7 +627,7 @@ class LocalFleet:
         log_path = h.dir / f"agent-{len(h.agents)}.log"
         with log_path.open("ab") as log:
             proc = run_in_host(
-                [sys.executable, "-m", "nixfleet.agent.main", *self.agent_argv(name, extra)],
+                [*self.launcher, "nixfleet.agent.main", *self.agent_argv(name, extra)],
                 h.root,
                 env,
                 stdout=log,

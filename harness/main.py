@@ -1,12 +1,17 @@
-"""`fleet-harness`: list, run and prove the scenario catalogue.
+"""`fleet-harness`: list, run and prove the scenario catalogue on one or more backends.
 
     fleet-harness list
-    fleet-harness run [ID …] [--backend sim] [--report DIR]
-    fleet-harness prove [ID …] [--backend sim] [--report DIR]
+    fleet-harness run [ID …] --backend B [--backend B …] [--report DIR]
+    fleet-harness prove (ID … | --all) --backend B [--backend B …] [--report DIR]
+    fleet-harness report DIR
 
-`prove` runs each scenario without and with its mutant (the bug put back): it must
-pass, then fail. Exit 0 when every selected scenario passes (run) or is proven
-(prove), 1 otherwise, 2 on bad input.
+`prove` runs each (scenario, backend) as shipped (it must pass) and with its mutant (the
+bug put back: it must fail), through `runner.prove`, as the pytest items do. With
+`--report DIR` each pair's result is saved as `DIR/results/<id>@<backend>.json` and
+`DIR/catalogue.md` + `.html` are rendered from every result the directory holds (one
+column per backend); `report DIR` re-renders them. Exit 0 when every selected pair
+passes (run) or is proven (prove), 1 otherwise, 2 on bad input (checked before
+anything runs).
 """
 
 from __future__ import annotations
@@ -14,171 +19,144 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+import scenarios
 from nixfleet.cli.app import OneLineParser, run
 from nixfleet.core.errors import BadInput
 
-from .scenario import Outcome, Proof, Scenario, prove, run_sim
-
-BACKENDS = ("sim",)
-"""Backends this build can drive; the local, ssh, qemu and tpm backends are not built."""
+from . import report, runner
+from .fleet import Scenario
 
 
-def _select(ids: Sequence[str], backend: str) -> list[Scenario]:
-    from scenarios import CATALOGUE, by_id
+def _backends(names: Sequence[str]) -> list[str]:
+    for name in names:
+        if name in runner.WAITING:
+            raise BadInput(f"--backend {name}: not built yet (waits for {runner.WAITING[name]})")
+        if name not in runner.BACKENDS:
+            built = ", ".join(runner.BACKENDS)
+            raise BadInput(f"--backend {name}: unknown backend (built: {built})")
+    return list(dict.fromkeys(names))
 
-    if backend not in BACKENDS:
-        raise BadInput(
-            f"--backend {backend}: not available here (available: {', '.join(BACKENDS)})"
-        )
+
+def _pairs(args: argparse.Namespace) -> list[tuple[Scenario, str]]:
+    """The selected (scenario, backend) pairs. Named scenarios must list every requested
+    backend; the whole catalogue takes each scenario on the backends it lists."""
+    backends = _backends(args.backend)
+    if args.ids and args.all:
+        raise BadInput(f"{args.command}: name scenario ids or --all, not both")
+    if not args.ids and not args.all and args.command == "prove":
+        raise BadInput("prove: name scenario ids or --all")
     chosen = []
-    for scenario_id in ids:
-        found = by_id(scenario_id)
+    for sid in args.ids:
+        found = scenarios.by_id(sid)
         if found is None:
-            raise BadInput(f"unknown scenario {scenario_id!r} (see `fleet-harness list`)")
+            raise BadInput(f"unknown scenario {sid!r} (see `fleet-harness list`)")
+        missing = [b for b in backends if b not in found.backends]
+        if missing:
+            raise BadInput(f"scenario {sid} does not run on {', '.join(missing)}")
         chosen.append(found)
-    chosen = chosen or list(CATALOGUE)
-    refused = [s.id for s in chosen if backend not in s.backends]
-    if refused:
-        raise BadInput(f"scenarios not runnable on {backend}: {', '.join(refused)}")
-    return chosen
+    pool = chosen or scenarios.CATALOGUE
+    return [(s, b) for b in backends for s in pool if b in s.backends]
 
 
-def _verdict_lines(outcome: Outcome) -> list[str]:
-    marks = {True: "pass", False: "FAIL", None: "unknown"}
-    return [f"| {v.name} | {marks[v.ok]} | {v.detail} |" for v in outcome.verdicts]
-
-
-def _report_dir(path: Path | None) -> None:
-    """Create the report directory before running anything, so a bad path costs no run."""
-    if path is not None:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BadInput(f"--report: cannot create {path} ({exc.strerror})") from exc
-
-
-def _report(path: Path | None, title: str, lines: list[str]) -> None:
-    text = "\n".join([f"# {title}", "", *lines, ""])
-    if path is not None:
-        try:
-            (path / "catalogue.md").write_text(text)
-        except OSError as exc:
-            raise BadInput(
-                f"--report: cannot write {path / 'catalogue.md'} ({exc.strerror})"
-            ) from exc
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    from scenarios import CATALOGUE
-
-    for s in CATALOGUE:
-        mutant = s.mutant or "-"
-        print(f"{s.id:<38} {','.join(sorted(s.backends)):<6} mutant={mutant}\n    {s.source}")
-    return 0
+def _attempt(scenario: Scenario, backend: str, proving: bool) -> report.Result:
+    """One pair; a backend that cannot run here or a crash is a failed result, not the
+    end of the catalogue."""
+    started = time.perf_counter()
+    fixed = buggy = None
+    error = None
+    try:
+        if proving:
+            proof = runner.prove(scenario, backend)
+            fixed, buggy = proof.fixed, proof.buggy
+        else:
+            fixed = runner.run(scenario, backend)
+    except runner.BackendUnavailable as exc:
+        error = f"backend {backend} unavailable here: {exc}"
+    except Exception as exc:
+        traceback.print_exc()
+        error = f"{type(exc).__name__}: {exc}"
+    return report.result(
+        scenario,
+        backend,
+        proving=proving,
+        wall_secs=time.perf_counter() - started,
+        fixed=fixed,
+        buggy=buggy,
+        error=error,
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    scenarios = _select(args.ids, args.backend)
-    _report_dir(args.report)
-    lines = ["| scenario | result | wall s | sim s | events |", "|---|---|---|---|---|"]
-    details: list[str] = []
+    pairs = _pairs(args)
+    if args.report is not None:
+        report.prepare(args.report)
     ok = True
-    for s in scenarios:
-        outcome = run_sim(s)
-        ok &= outcome.passed
-        status = "pass" if outcome.passed else "FAIL"
-        print(
-            f"{status:<5} {s.id:<38} {outcome.wall_secs:6.1f} s wall  "
-            f"{outcome.sim_secs:7.0f} s sim  {outcome.events:>7} events",
-            flush=True,
-        )
-        lines.append(
-            f"| {s.id} | {status} | {outcome.wall_secs:.1f} | {outcome.sim_secs:.0f} "
-            f"| {outcome.events} |"
-        )
-        details += [
-            "",
-            f"## {s.id}",
-            "",
-            s.summary,
-            "",
-            f"Source: {s.source}",
-            "",
-            "| checker | verdict | detail |",
-            "|---|---|---|",
-            *_verdict_lines(outcome),
-        ]
-    _report(args.report, "Scenario catalogue (sim backend)", [*lines, *details])
+    for scenario, backend in pairs:
+        res = _attempt(scenario, backend, proving=args.command == "prove")
+        ok &= res.status.ok
+        print(f"{res.label:<26} {res.name:<48} {res.wall_secs:7.1f} s", flush=True)
+        if not res.status.ok:
+            print("\n".join("    " + line for line in report.explain(res).splitlines()[1:]))
+        if args.report is not None:
+            report.save(args.report, res)
+    if args.report is not None:
+        for path in report.render(args.report):
+            print(f"report: {path}")
     return 0 if ok else 1
 
 
-def _cmd_prove(args: argparse.Namespace) -> int:
-    scenarios = _select(args.ids, args.backend)
-    _report_dir(args.report)
-    lines = [
-        "Each scenario runs on the production cores and the real CP service; "
-        "`prove` runs it as shipped (must pass) and with its bug put back (must fail).",
-        "",
-        "| scenario | as shipped | with the bug | proven | source |",
-        "|---|---|---|---|---|",
-    ]
-    details: list[str] = []
-    all_proven = True
-    for s in scenarios:
-        proof: Proof = prove(s)
-        all_proven &= proof.proven
-        fixed = "pass" if proof.fixed.passed else "FAIL"
-        buggy = "-" if proof.buggy is None else ("fails" if not proof.buggy.passed else "PASSES")
-        verdict = "yes" if proof.proven else "NO"
-        print(
-            f"{verdict:<4} {s.id:<38} shipped: {fixed:<4}  with {s.mutant or 'no mutant'}: {buggy}",
-            flush=True,
-        )
-        lines.append(f"| {s.id} | {fixed} | {buggy} | {verdict} | {s.source} |")
-        details += [
-            "",
-            f"## {s.id}",
-            "",
-            s.summary,
-            "",
-            "As shipped:",
-            "",
-            "| checker | verdict | detail |",
-            "|---|---|---|",
-            *_verdict_lines(proof.fixed),
+def _cmd_report(args: argparse.Namespace) -> int:
+    for path in report.render(args.dir):
+        print(f"report: {path}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    why = {name: runner.unavailable(name) for name in runner.BACKENDS}
+    for s in scenarios.CATALOGUE:
+        built = [b for b in runner.BACKENDS if b in s.backends]
+        here = [b for b in built if why[b] is None]
+        broken = [f"{b} ({why[b]})" for b in built if why[b] is not None]
+        waiting = [
+            f"{b} ({runner.WAITING.get(b, 'not planned')})"
+            for b in sorted(s.backends - set(runner.BACKENDS))
         ]
-        if proof.buggy is not None:
-            details += [
-                "",
-                f"With mutant `{s.mutant}`:",
-                "",
-                "| checker | verdict | detail |",
-                "|---|---|---|",
-                *_verdict_lines(proof.buggy),
-            ]
-    _report(args.report, "Scenario catalogue: proofs (sim backend)", [*lines, *details])
-    if args.report is not None:
-        print(f"report: {args.report / 'catalogue.md'}")
-    return 0 if all_proven else 1
+        print(s.id)
+        print(f"    source:   {s.source}")
+        print(f"    mutant:   {s.mutant or '-'}")
+        print(f"    here:     {', '.join(here) or '-'}")
+        if broken:
+            print(f"    not here: {', '.join(broken)}")
+        print(f"    waiting:  {', '.join(waiting) or '-'}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="fleet-harness", description="NixFleet scenario harness")
-    sub = parser.add_subparsers(metavar="COMMAND", parser_class=OneLineParser)
-    listing = sub.add_parser("list", help="list the scenario catalogue")
-    listing.set_defaults(func=_cmd_list)
-    for name, func, text in (
-        ("run", _cmd_run, "run scenarios"),
-        ("prove", _cmd_prove, "run scenarios with and without their bug"),
+    sub = parser.add_subparsers(metavar="COMMAND", dest="command", parser_class=OneLineParser)
+    sub.add_parser("list", help="the catalogue and where each scenario runs").set_defaults(
+        func=_cmd_list
+    )
+    for name, text in (
+        ("run", "run scenarios (default: the whole catalogue)"),
+        ("prove", "run scenarios as shipped and with their bug put back"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("ids", nargs="*", help="scenario ids (default: the whole catalogue)")
-        p.add_argument("--backend", default="sim", help="where to run (default: sim)")
-        p.add_argument("--report", type=Path, help="write a markdown report into DIR")
-        p.set_defaults(func=func)
+        p.add_argument("ids", nargs="*", help="scenario ids")
+        p.add_argument("--all", action="store_true", help="the whole catalogue")
+        p.add_argument(
+            "--backend", action="append", required=True, help="sim, local, … (repeatable)"
+        )
+        p.add_argument("--report", type=Path, help="save results and the report into DIR")
+        p.set_defaults(func=_cmd_run)
+    rep = sub.add_parser("report", help="re-render DIR's report from its saved results")
+    rep.add_argument("dir", type=Path)
+    rep.set_defaults(func=_cmd_report)
     return parser
 
 

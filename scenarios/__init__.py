@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from harness.scenario import Scenario
+from harness.fleet import Scenario
 
 from . import (
     clean_rollout,

@@ -1,13 +1,20 @@
 """A clean release through three waves: every host activates once and converges."""
 
 from fleet_sim.checkers import CLEAN_RUN
-from fleet_sim.world import SimConfig
-from harness.scenario import Scenario
+from harness.fleet import Fleet, Scenario, Shape
+from harness.steps import wait_settled
+
+
+def steps(fleet: Fleet) -> None:
+    fleet.release()
+    wait_settled(fleet)
+
 
 SCENARIO = Scenario(
     id="clean-rollout",
     source="property: the rollout engine's happy path (lifecycle §3)",
-    summary="300 hosts, three waves, 60 s polling: converge with one activation each",
-    config=lambda: SimConfig(hosts=300, waves=3, poll_secs=60, seed=1),
+    summary="one release through three waves: converge with one activation each",
+    shape=Shape(hosts=300, local_hosts=3, waves=3, seed=1),
+    steps=steps,
     checks=CLEAN_RUN,
 )

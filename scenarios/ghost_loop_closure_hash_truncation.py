@@ -5,24 +5,30 @@ The identity of a closure is its full store basename. An agent reporting only th
 checkin even though the host already runs the target.
 """
 
-from fleet_sim.checkers import CLEAN_RUN, Verdict
-from fleet_sim.world import SimConfig, World
-from harness.scenario import Scenario
+from collections import Counter
+
+from fleet_sim.checkers import CLEAN_RUN, Run, Verdict
+from harness.fleet import DISPATCH, Fleet, Scenario, Shape
+from harness.steps import wait_settled
 
 
-def one_dispatch_per_host(world: World) -> Verdict:
-    counts: dict[str, int] = {}
-    for op in world.history.of("dispatch"):
-        counts[str(op.host)] = counts.get(str(op.host), 0) + 1
+def one_dispatch_per_host(run: Run) -> Verdict:
+    counts = Counter(str(e.host) for e in run.history.of(DISPATCH))
     worst = max(counts.values(), default=0)
-    return Verdict("one-dispatch-per-host", worst <= 1, f"most dispatches to one host: {worst}")
+    return Verdict("one-dispatch-per-host", worst == 1, f"most dispatches to one host: {worst}")
+
+
+def steps(fleet: Fleet) -> None:
+    fleet.release()
+    wait_settled(fleet)
 
 
 SCENARIO = Scenario(
     id="ghost-loop-closure-hash-truncation",
     source="seed 000: Agent re-dispatches the same target every checkin; seed 002 stuck agent",
-    summary="50 hosts converge; after the first confirm no host is dispatched again",
-    config=lambda: SimConfig(hosts=50, waves=1, seed=6, duration=3 * 3600, settle_polls=5),
+    summary="hosts converge; after the first confirm no host is dispatched again",
+    shape=Shape(hosts=50, local_hosts=3, waves=1, seed=6),
+    steps=steps,
     checks=[one_dispatch_per_host, *CLEAN_RUN],
     mutant="report-hash-prefix",
 )

@@ -5,11 +5,11 @@
     session.feed(event, clock.now())
 
 The shell decides nothing about the host's lifecycle: the reducer does. It only
-adds what the core cannot know to the bodies it sends (the running system as its link
-shows it at checkin time, uptime, probe results, the
-pending generation, the attestation signature, report signatures), keeps the
-client certificate fresh before a checkin, and keeps reports that could not be
-delivered to send them, in order, before the next one.
+observes what the core cannot know (the running system as its link shows it at checkin
+time, uptime, probe results, the pending generation) for `checkin.outgoing`, which the
+simulated host calls too, signs (attestation, reports), keeps the client certificate
+fresh before a checkin, and keeps reports that could not be delivered to send them, in
+order, before the next one.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, assert_never
 
@@ -54,6 +53,7 @@ from nixfleet.core.agent_events import (
     StatePersisted,
 )
 from nixfleet.core.agent_state import PersistedState
+from nixfleet.core.checkin import HostView, outgoing
 from nixfleet.core.closure import ClosureHash
 from nixfleet.core.errors import PeerError, Unreachable
 from nixfleet.core.wire import (
@@ -62,7 +62,6 @@ from nixfleet.core.wire import (
     CheckinResponse,
     ConfirmRequest,
     HealthProbe,
-    PendingGeneration,
     ReportAccepted,
     ReportRequest,
 )
@@ -257,19 +256,11 @@ class AgentRuntime:
 
     # --- checkin ---------------------------------------------------------------------------
 
-    def _observe_current(self, request: CheckinRequest) -> CheckinRequest:
-        """`currentGeneration` is basename(/run/current-system) at checkin time
-        (lifecycle §5.1), not what the reducer last saw: a switch the agent did not
-        watch to its end (it was restarted mid-switch) or an operator's own switch
-        moves the link behind its back. Reporting a stale closure makes the CP re-send
-        a target the host already runs, and the agent activates it a second time.
-        A `lastConfirmedAt` for the closure the reducer knew is dropped with it (the
-        attestation names no closure)."""
+    def _augment(self, request: CheckinRequest) -> CheckinRequest:
+        """The body as it leaves (`checkin.outgoing`), from what this host shows now."""
         observed = self.activator.current_system()
         known = request.current_generation.closure_hash
-        if observed is None or observed == known:
-            return request
-        if observed != self._drift_logged:
+        if observed is not None and observed != known and observed != self._drift_logged:
             self._drift_logged = observed
             log.warning(
                 "current system changed outside the agent; reporting the link "
@@ -277,47 +268,20 @@ class AgentRuntime:
                 observed,
                 known,
             )
-        target = request.last_evaluated_target
-        return replace(
-            request,
-            current_generation=replace(
-                request.current_generation,
-                closure_hash=observed,
-                channel_ref=(
-                    target.channel_ref
-                    if target is not None and target.closure_hash == observed
-                    else None
-                ),
-            ),
-            last_confirmed_at=None,
-            last_confirmed_at_text=None,
-        )
-
-    def _augment(self, request: CheckinRequest) -> CheckinRequest:
-        request = self._observe_current(request)
-        pending = None
         profile = self.activator.profile_system()
         booted = self.activator.booted_system()
-        if profile is not None and booted is not None and profile != booted:
-            pending = PendingGeneration(closure_hash=profile)
-        attestation = None
-        confirmed = request.last_confirmed_at_wire
-        target = request.last_evaluated_target
-        if confirmed is not None and target is not None:
-            attestation = self.signer.attest(
-                hostname=self.hostname, rollout_id=target.rollout_id, last_confirmed_at=confirmed
-            )
-        return replace(
-            request,
-            pending_generation=pending,
+        reboot_due = profile is not None and booted is not None and profile != booted
+        view = HostView(
+            current=observed,
+            pending=profile if reboot_due else None,
             uptime_secs=self.uptime(),
-            attestation_signature=attestation,
             health_probes=self.health.snapshot(),
             health_check_mode=self.health.mode,
             # Stamped as the body leaves (after any renewal and queued reports), so the
             # CP's skew estimate is not inflated by this agent's own delays.
             sent_at=self.clock.now(),
         )
+        return outgoing(request, view, self.signer.attest)
 
     async def _checkin(self, request: CheckinRequest) -> CheckinOk | CheckinFailed:
         if self.certs is not None:

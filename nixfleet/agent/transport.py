@@ -24,26 +24,18 @@ from typing import Any
 import aiohttp
 
 from nixfleet import __version__
-from nixfleet.core import wire
+from nixfleet.core import protocol, wire
 from nixfleet.core.canonical import load_json
 from nixfleet.core.errors import BadInput, NixfleetError, PeerError, Unreachable
 
 log = logging.getLogger("nixfleet.agent")
 
-PROTOCOL_HEADER = "X-Nixfleet-Protocol"
-PROTOCOL_MAJOR = "1"
 CONNECT_TIMEOUT_SECS = 10.0
 REQUEST_TIMEOUT_SECS = 30.0
 AGENT_VERSION = __version__
 KEEPALIVE_SECS = 70.0
 """Idle connections are kept for the next poll (60 s), and dropped before the CP's own
 75 s keep-alive ends them, so a reused connection is never one the CP just closed."""
-
-CHECKIN = "/v1/agent/checkin"
-REPORT = "/v1/agent/report"
-ENROLL = "/v1/enroll"
-RENEW = "/v1/agent/renew"
-ROLLOUTS = "/v1/rollouts"
 
 
 class HttpError(PeerError):
@@ -140,7 +132,7 @@ class HttpCpTransport:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
-                headers={PROTOCOL_HEADER: PROTOCOL_MAJOR},
+                headers={protocol.HEADER: str(protocol.MAJOR)},
                 connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_SECS),
             )
         return self._session
@@ -213,7 +205,9 @@ class HttpCpTransport:
     # --- the calls ---------------------------------------------------------------------------
 
     async def checkin(self, req: wire.CheckinRequest) -> wire.CheckinResponse:
-        value = await self._json("checkin", "POST", CHECKIN, body=wire.dump_checkin_request(req))
+        value = await self._json(
+            "checkin", "POST", protocol.CHECKIN, body=wire.dump_checkin_request(req)
+        )
         result: wire.CheckinResponse = self._parse("checkin", wire.parse_checkin_response, value)
         return result
 
@@ -226,15 +220,17 @@ class HttpCpTransport:
         return status
 
     async def report(self, req: wire.ReportRequest) -> wire.ReportAccepted:
-        value = await self._json("report", "POST", REPORT, body=wire.dump_report_request(req))
+        value = await self._json(
+            "report", "POST", protocol.REPORT, body=wire.dump_report_request(req)
+        )
         result: wire.ReportAccepted = self._parse("report", wire.parse_report_accepted, value)
         return result
 
     async def fetch_manifest(self, rollout_id: str) -> tuple[bytes, bytes]:
         """The manifest bytes and its raw signature, as served."""
         out = []
-        for suffix in ("", "/sig"):
-            path = f"{ROLLOUTS}/{rollout_id}{suffix}"
+        for route in (protocol.ROLLOUT, protocol.ROLLOUT_SIG):
+            path = route.format(rid=rollout_id)
             status, raw = await self.request("rollout manifest", "GET", path)
             if status != 200:
                 raise HttpError("rollout manifest", self.url(path), status, raw)
@@ -243,12 +239,12 @@ class HttpCpTransport:
 
     async def enroll(self, req: wire.EnrollRequest) -> wire.CertIssued:
         value = await self._json(
-            "enroll", "POST", ENROLL, body=wire.dump_enroll_request(req), anonymous=True
+            "enroll", "POST", protocol.ENROLL, body=wire.dump_enroll_request(req), anonymous=True
         )
         result: wire.CertIssued = self._parse("enroll", wire.parse_enroll_response, value)
         return result
 
     async def renew(self, req: wire.RenewRequest) -> wire.CertIssued:
-        value = await self._json("renew", "POST", RENEW, body=wire.dump_renew_request(req))
+        value = await self._json("renew", "POST", protocol.RENEW, body=wire.dump_renew_request(req))
         result: wire.CertIssued = self._parse("renew", wire.parse_renew_response, value)
         return result

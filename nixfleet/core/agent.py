@@ -76,11 +76,11 @@ from .agent_state import (
     Phase,
     RollbackPlan,
 )
+from .checkin import checkin_request, current_closure
 from .closure import ClosureHash
 from .deadline import deadline_passed
 from .errors import BadInput, IllegalTransition
 from .freshness import age_secs, is_target_stale
-from .timeutil import format_instant
 from .wire import (
     ACTIVATION_DEFERRED,
     ACTIVATION_FAILED,
@@ -99,7 +99,6 @@ from .wire import (
     ROLLBACK_TRIGGERED,
     STALE_TARGET,
     VERIFY_MISMATCH,
-    CheckinRequest,
     ConfirmRequest,
     FetchOutcome,
     GenerationRef,
@@ -153,12 +152,6 @@ def step(state: AgentState, event: AgentEvent, now: datetime) -> Step:
 # --- helpers -----------------------------------------------------------------------
 
 
-def _current(state: AgentState) -> ClosureHash:
-    if state.current is None:
-        raise IllegalTransition("agent step: current closure (unknown before Boot)")
-    return state.current
-
-
 def _persist(state: AgentState, **changes: Any) -> AgentState:
     return replace(state, persisted=replace(state.persisted, **changes))
 
@@ -189,42 +182,6 @@ def _idle(state: AgentState, now: datetime, actions: list[AgentAction] | None = 
         state = replace(state, phase=Phase.CHECKING_IN, resume_checkin=False)
         out.append(Checkin(request=checkin_request(state, now)))
     return state, out
-
-
-def checkin_request(state: AgentState, now: datetime) -> CheckinRequest:
-    """The checkin body as far as the reducer knows it (lifecycle §5.1)."""
-    current = _current(state)
-    p = state.persisted
-    target = p.last_target
-    confirmed = p.last_confirmed_at
-    confirmed_at = None
-    # lastConfirmedAt: for the running closure only, and never from the future.
-    if (
-        confirmed is not None
-        and confirmed.closure_hash == current
-        and confirmed.confirmed_at <= now
-    ):
-        confirmed_at = confirmed.confirmed_at
-    return CheckinRequest(
-        hostname=state.hostname,
-        agent_version=state.agent_version,
-        current_generation=GenerationRef(
-            closure_hash=current,
-            boot_id=state.boot_id,
-            channel_ref=(
-                target.channel_ref
-                if target is not None and target.closure_hash == current
-                else None
-            ),
-        ),
-        last_evaluated_target=target,
-        # Decision: sent whenever known (the reference only with a pending generation,
-        # lifecycle §8.8), so the CP's HoldAfterFailure sees every failed fetch.
-        last_fetch_outcome=p.last_fetch_outcome,
-        last_confirmed_at=confirmed_at,
-        last_confirmed_at_text=None if confirmed_at is None else format_instant(confirmed_at),
-        sent_at=now,
-    )
 
 
 def _record_failure(
@@ -279,7 +236,7 @@ def _send_confirm(state: AgentState, now: datetime) -> Step:
         rollout=d.channel_ref,
         wave=d.target.wave_index or 0,
         generation=GenerationRef(
-            closure_hash=_current(state), channel_ref=d.channel_ref, boot_id=state.boot_id
+            closure_hash=current_closure(state), channel_ref=d.channel_ref, boot_id=state.boot_id
         ),
     )
     state = replace(state, phase=Phase.CONFIRMING)
@@ -294,7 +251,7 @@ def _recover(state: AgentState, now: datetime) -> Step:
     roll back if the deadline has passed.
     """
     d = state.persisted.last_dispatched
-    if d is None or d.closure_hash != _current(state):
+    if d is None or d.closure_hash != current_closure(state):
         return _idle(state, now)
     deadline = d.confirm_deadline
     if deadline is None:
@@ -388,7 +345,7 @@ def _process_target(state: AgentState, pending: PendingTarget | None, now: datet
     if pending is None:
         return _idle(state, now)
     t = pending.target
-    if t.closure_hash == _current(state):
+    if t.closure_hash == current_closure(state):
         # Converged: exact full-basename equality (seed 000 ghost loop). Never
         # activated again, nothing reported; the CP's H6 settles its side.
         return _idle(state, now)
@@ -625,7 +582,7 @@ def _on_confirm_answered(state: AgentState, event: ConfirmAnswered, now: datetim
     if event.status == HTTP_NO_CONTENT and d is not None:
         state = _persist(
             state,
-            last_confirmed_at=LastConfirmed(closure_hash=_current(state), confirmed_at=now),
+            last_confirmed_at=LastConfirmed(closure_hash=current_closure(state), confirmed_at=now),
             last_target=d.target,
             last_dispatched=None,
             last_deferred=None,

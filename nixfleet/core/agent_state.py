@@ -18,12 +18,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from . import protocol
 from .closure import ClosureHash
 from .errors import NixfleetError
 from .jsonfields import Reader
 from .timeutil import format_instant, parse_instant
 from .wire import (
-    CONFIRM_ENDPOINT,
     CONFIRM_WINDOW_SECS,
     FETCH_RESULTS,
     EvaluatedTarget,
@@ -118,7 +118,7 @@ class LastDispatched:
     @property
     def confirm_endpoint(self) -> str:
         activate = self.target.activate
-        return activate.confirm_endpoint if activate is not None else CONFIRM_ENDPOINT
+        return activate.confirm_endpoint if activate is not None else protocol.CONFIRM
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

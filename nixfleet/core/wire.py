@@ -28,10 +28,10 @@ from .errors import ParseError
 from .fleet import Pin
 from .idents import HOSTNAME, ROLLOUT_ID, TEXT, TOKEN, Grammar
 from .jsonfields import Reader
+from .protocol import CONFIRM
 from .timeutil import format_instant, parse_instant
 
 NEXT_CHECKIN_SECS = 60
-CONFIRM_ENDPOINT = "/v1/agent/confirm"
 CONFIRM_WINDOW_SECS = 360
 
 FETCH_OK = "ok"
@@ -176,7 +176,7 @@ class HealthProbe:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Activate:
     confirm_window_secs: int = CONFIRM_WINDOW_SECS
-    confirm_endpoint: str = CONFIRM_ENDPOINT
+    confirm_endpoint: str = CONFIRM
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

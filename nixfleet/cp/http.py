@@ -2,6 +2,8 @@
 
 Layers on `/v1/*` and `/metrics`, outermost first (protocol §1.1): readiness gate,
 `X-Nixfleet-Protocol`, then mTLS identity, revocation and role. `/healthz` bypasses them.
+The gates and the agent calls themselves are `endpoints` (no aiohttp there: the
+simulator runs them too); this module reads the request and writes the answer.
 Errors of every kind become one JSON body `{"error": …, "reason": …}` here.
 """
 
@@ -12,7 +14,6 @@ import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -21,16 +22,15 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from nixfleet.core import wire
-from nixfleet.core.canonical import load_json
-from nixfleet.core.dispatch import ConfirmVerdict
+from nixfleet.core import protocol, wire
 from nixfleet.core.errors import NixfleetError, ParseError
 from nixfleet.core.timeutil import format_instant
 
-from .api import CONFIRM_STATUS, ApiError, forbidden, unauthorized
+from . import endpoints
+from .api import ApiError
 from .config import DEFAULT_BODY_READ_TIMEOUT_SECS
 from .dbtrouble import db_trouble_middleware
-from .issuance import Role, role_of
+from .endpoints import ClientCert, Peer
 from .listener import body_deadline, peer_noise
 from .service import CpService
 
@@ -38,13 +38,6 @@ log = logging.getLogger("nixfleet.cp")
 
 SERVICE = web.AppKey("service", CpService)
 STRICT = web.AppKey("strict", bool)
-PROTOCOL_HEADER = "X-Nixfleet-Protocol"
-PROTOCOL_MAJOR = 1
-ANONYMOUS = frozenset({"/v1/enroll", "/v1/agent/bootstrap-report"})
-AGENT_PREFIX = "/v1/agent/"
-"""A host's own routes: agent certificates only."""
-AGENT_READS = frozenset({"/v1/whoami", "/v1/rollouts/{rid}", "/v1/rollouts/{rid}/sig"})
-"""The other routes an agent calls; every other mTLS route needs an operator certificate."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -97,93 +90,36 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 @web.middleware
 async def gates_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     path = request.path
-    if not (path.startswith("/v1/") or path == "/metrics"):
+    if not (path.startswith("/v1/") or path == protocol.METRICS):
         return await handler(request)
     service = request.app[SERVICE]
-    service.require_ready()
-    header = request.headers.get(PROTOCOL_HEADER)
-    if header is None:
-        if request.app[STRICT]:
-            raise ApiError(400, "bad request", f"missing {PROTOCOL_HEADER} header")
-    else:
-        try:
-            major = int(header.strip())
-        except ValueError:
-            raise ApiError(400, "bad request", f"{PROTOCOL_HEADER} is not an integer") from None
-        if major != PROTOCOL_MAJOR:
-            raise ApiError(426, "upgrade required", f"protocol major {major} != {PROTOCOL_MAJOR}")
-    if path not in ANONYMOUS:
-        peer = _authenticate(request, service)
-        _authorize(peer, request)
+    endpoints.admit(service, request.headers.get(protocol.HEADER), strict=request.app[STRICT])
+    if path not in protocol.ANONYMOUS:
+        peer = endpoints.identify(service, _client_cert(request))
+        resource = request.match_info.route.resource
+        # No such route or method: the router's 404/405 follows.
+        if request.match_info.http_exception is None and resource is not None:
+            endpoints.authorize(peer, resource.canonical)
         request["peer"] = peer
     return await handler(request)
 
 
-class Peer:
-    __slots__ = ("cn", "machine_id", "not_before", "role")
-
-    def __init__(self, cn: str, machine_id: str, not_before: datetime, role: Role) -> None:
-        self.cn = cn
-        self.machine_id = machine_id
-        self.not_before = not_before
-        self.role = role
-
-
-def _authenticate(request: web.Request, service: CpService) -> Peer:
+def _client_cert(request: web.Request) -> ClientCert | None:
     transport = request.transport
     sslobj: ssl.SSLObject | None = (
         transport.get_extra_info("ssl_object") if transport is not None else None
     )
     der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
     if not der:
-        raise unauthorized("client certificate required")
+        return None
     cert = x509.load_der_x509_certificate(der)
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not cns:
-        raise unauthorized("client certificate has no CN")
-    cn = str(cns[0].value)
-    machine_id = service.machine_id(cn)
-    not_before = cert.not_valid_before_utc
-    if service.is_revoked(machine_id, not_before):
-        log.warning("rejecting revoked cert cert_revocations hostname=%s cn=%s", machine_id, cn)
-        raise unauthorized(f"certificate for {machine_id} is revoked")
-    return Peer(cn, machine_id, not_before, role_of(cn))
-
-
-def _authorize(peer: Peer, request: web.Request) -> None:
-    """Role separation (decisions.md): an agent certificate reaches its own host's
-    routes and the manifests it verifies; fleet-wide reads need an operator's, which
-    in turn never speaks for a host."""
-    resource = request.match_info.route.resource
-    if request.match_info.http_exception is not None or resource is None:
-        return  # no such route or method: the router's 404/405 follows
-    route = resource.canonical
-    if route.startswith(AGENT_PREFIX):
-        if peer.role is not Role.AGENT:
-            raise forbidden(f"{route} is for agent certificates; {peer.cn} is an operator")
-    elif peer.role is Role.AGENT and route not in AGENT_READS:
-        raise forbidden(f"{route} needs an operator certificate; {peer.cn} is an agent")
+    return ClientCert(str(cns[0].value) if cns else None, cert.not_valid_before_utc)
 
 
 def _peer(request: web.Request) -> Peer:
     peer: Peer = request["peer"]
     return peer
-
-
-async def _body(request: web.Request, what: str) -> Any:
-    raw = await request.read()
-    try:
-        return load_json(raw, source=what)
-    except RecursionError:
-        raise ApiError(400, "bad request", f"{what}: JSON nested too deeply") from None
-    except ValueError as exc:
-        # e.g. an integer literal past Python's digit limit; load_json lets it through.
-        raise ApiError(400, "bad request", f"{what}: not JSON ({exc})") from None
-
-
-def _same_host(peer: Peer, hostname: str) -> None:
-    if peer.machine_id != hostname:
-        raise forbidden(f"certificate is for {peer.machine_id}, body names {hostname}")
 
 
 # --- routes ----------------------------------------------------------------------
@@ -206,38 +142,33 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 async def checkin(request: web.Request) -> web.Response:
-    req = wire.parse_checkin_request(await _body(request, "checkin body"), source="checkin body")
-    _same_host(_peer(request), req.hostname)
-    reply = request.app[SERVICE].checkin(req, now=utc_now())
-    return web.json_response(wire.dump_checkin_response(reply))
+    raw = await request.read()
+    reply = endpoints.checkin(request.app[SERVICE], _peer(request), raw, now=utc_now())
+    return web.json_response(reply)
 
 
 async def confirm(request: web.Request) -> web.Response:
-    req = wire.parse_confirm_request(await _body(request, "confirm body"), source="confirm body")
-    _same_host(_peer(request), req.hostname)
-    verdict = request.app[SERVICE].confirm(req, now=utc_now())
-    if CONFIRM_STATUS[verdict] == 204:
-        return web.Response(status=204)
-    if verdict is ConfirmVerdict.EXPIRED:
-        raise ApiError(410, "gone", "the confirm window of this dispatch has closed; roll back")
-    raise ApiError(410, "gone", "no matching dispatch and no recoverable orphan; roll back")
+    raw = await request.read()
+    status = endpoints.confirm(request.app[SERVICE], _peer(request), raw, now=utc_now())
+    return web.Response(status=status)
 
 
 async def report(request: web.Request) -> web.Response:
-    req = wire.parse_report_request(await _body(request, "report body"), source="report body")
-    _same_host(_peer(request), req.hostname)
-    accepted = request.app[SERVICE].report(req, now=utc_now())
-    return web.json_response(wire.dump_report_accepted(accepted))
+    raw = await request.read()
+    reply = endpoints.report(request.app[SERVICE], _peer(request), raw, now=utc_now())
+    return web.json_response(reply)
 
 
 async def enroll(request: web.Request) -> web.Response:
-    req = wire.parse_enroll_request(await _body(request, "enroll body"), source="enroll body")
+    body = endpoints.decode(await request.read(), "enroll body")
+    req = wire.parse_enroll_request(body, source="enroll body")
     issued = request.app[SERVICE].enroll(req, now=utc_now())
     return web.json_response(wire.dump_cert_issued(issued))
 
 
 async def renew(request: web.Request) -> web.Response:
-    req = wire.parse_renew_request(await _body(request, "renew body"), source="renew body")
+    body = endpoints.decode(await request.read(), "renew body")
+    req = wire.parse_renew_request(body, source="renew body")
     issued = request.app[SERVICE].renew(_peer(request).machine_id, req, now=utc_now())
     return web.json_response(wire.dump_cert_issued(issued))
 
@@ -290,18 +221,18 @@ def build_app(
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[SERVICE] = service
     app[STRICT] = strict
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_post("/v1/enroll", enroll)
-    app.router.add_post("/v1/agent/renew", renew)
-    app.router.add_get("/v1/whoami", whoami)
-    app.router.add_post("/v1/agent/checkin", checkin)
-    app.router.add_post("/v1/agent/confirm", confirm)
-    app.router.add_post("/v1/agent/report", report)
-    app.router.add_get("/v1/channels/{name}", channel)
-    app.router.add_get("/v1/hosts", hosts)
-    app.router.add_get("/v1/rollouts", rollouts)
-    app.router.add_get("/v1/rollouts/{rid}", rollout_manifest)
-    app.router.add_get("/v1/rollouts/{rid}/sig", rollout_signature)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get(protocol.HEALTHZ, healthz)
+    app.router.add_get(protocol.READYZ, readyz)
+    app.router.add_post(protocol.ENROLL, enroll)
+    app.router.add_post(protocol.RENEW, renew)
+    app.router.add_get(protocol.WHOAMI, whoami)
+    app.router.add_post(protocol.CHECKIN, checkin)
+    app.router.add_post(protocol.CONFIRM, confirm)
+    app.router.add_post(protocol.REPORT, report)
+    app.router.add_get(protocol.CHANNEL, channel)
+    app.router.add_get(protocol.HOSTS, hosts)
+    app.router.add_get(protocol.ROLLOUTS, rollouts)
+    app.router.add_get(protocol.ROLLOUT, rollout_manifest)
+    app.router.add_get(protocol.ROLLOUT_SIG, rollout_signature)
+    app.router.add_get(protocol.METRICS, metrics)
     return app

@@ -1,4 +1,6 @@
-"""The CP's background work: the prime before listening, pollers and timers.
+"""The CP's asyncio shell around `Lifecycle`: HTTPS fetches of the upstreams and the
+timers. What the prime, the polls and the timers do is `lifecycle.py`'s, shared with
+the simulated CP; this module only fetches bytes and schedules.
 
 Upstream TLS uses the system trust store (which honours `SSL_CERT_FILE`) plus the
 optional `--upstream-ca`, never a bundled root list (seed 000: a forge behind a
@@ -13,39 +15,30 @@ import contextlib
 import json
 import logging
 import os
-import sqlite3
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
 
 import aiohttp
 
-from nixfleet.core.errors import NixfleetError
-from nixfleet.core.snapshot import SOURCE_BUILD_TIME, SOURCE_UPSTREAM
-
 from .config import CpConfig, Upstream
-from .dbtrouble import absorbed
 from .journal import SYNC_INTERVAL_SECS
+from .lifecycle import (
+    CHANNEL_REFS,
+    NONCES,
+    REVOCATIONS,
+    Fetched,
+    Lifecycle,
+    UpstreamError,
+    job_failed,
+    run_job,
+)
 from .service import CpService
 
 log = logging.getLogger("nixfleet.cp")
 
 PRUNE_INTERVAL_SECS = 3600.0
-SOURCE_CACHE = "cache"
-
-T = TypeVar("T")
-
-
-class Offer(Protocol):
-    """`CpService.offer_revocations` / `offer_nonces`."""
-
-    def __call__(self, raw: bytes, signature: bytes, *, now: datetime) -> None: ...
-
-
-class UpstreamError(NixfleetError):
-    """An upstream fetch that produced no usable bytes; the message is the reason."""
 
 
 def utc_now() -> datetime:
@@ -106,6 +99,10 @@ class SnapshotCache:
         self.path = path
         self._saved: bytes | None = None
 
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
     def load(self) -> tuple[bytes, bytes] | None:
         try:
             doc = json.loads(self.path.read_bytes())
@@ -155,33 +152,30 @@ class CpRuntime:
 
     def __init__(self, config: CpConfig, service: CpService) -> None:
         self.config = config
-        self.service = service
         self.session: aiohttp.ClientSession | None = None
         self.tasks: list[asyncio.Task[None]] = []
-        self.cache = SnapshotCache(config.snapshot_cache) if config.snapshot_cache else None
+        self.lifecycle = Lifecycle(
+            service,
+            cache=SnapshotCache(config.snapshot_cache) if config.snapshot_cache else None,
+            build_time=self._read_build_time
+            if config.artifact is not None and config.signature is not None
+            else None,
+            upstream_label=config.upstream_label,
+        )
 
     async def start(self) -> None:
-        """Prime synchronously, then start the loops. Runs before the port binds."""
-        connector = aiohttp.TCPConnector(ssl=upstream_ssl_context(self.config.upstream_ca))
+        """Prime, then start the loops. Runs before the port binds."""
+        cfg, lc = self.config, self.lifecycle
+        connector = aiohttp.TCPConnector(ssl=upstream_ssl_context(cfg.upstream_ca))
         self.session = aiohttp.ClientSession(connector=connector)
         await self.prime()
-        journal_period = min(self.config.tick_interval_secs, SYNC_INTERVAL_SECS)
-        for name, period, job, first in (
-            (
-                "tick",
-                self.config.tick_interval_secs,
-                self.tick_once,
-                self.config.tick_interval_secs,
-            ),
-            ("sweep", self.config.sweep_interval_secs, self.sweep_once, 0.0),
-            (
-                "poll",
-                self.config.poll_interval_secs,
-                self.poll_once,
-                self.config.poll_interval_secs,
-            ),
-            ("prune", PRUNE_INTERVAL_SECS, self.prune_once, PRUNE_INTERVAL_SECS),
-            ("journal", journal_period, self.journal_once, journal_period),
+        journal_period = min(cfg.tick_interval_secs, SYNC_INTERVAL_SECS)
+        for name, period, first, job in (
+            ("tick", cfg.tick_interval_secs, cfg.tick_interval_secs, _timer(lc.tick)),
+            ("sweep", cfg.sweep_interval_secs, 0.0, _timer(lc.sweep)),
+            ("poll", cfg.poll_interval_secs, cfg.poll_interval_secs, self.poll_once),
+            ("prune", PRUNE_INTERVAL_SECS, PRUNE_INTERVAL_SECS, _timer(lc.prune)),
+            ("journal", journal_period, journal_period, _timer(lc.sync_journal)),
         ):
             self.tasks.append(asyncio.create_task(self._every(name, period, first, job)))
 
@@ -193,7 +187,7 @@ class CpRuntime:
                 await task
         # Seed 001 stops the service before the wipe: a row inserted since the last
         # scan is journaled now.
-        await self._run("journal", self.journal_once)
+        run_job("journal", lambda: self.lifecycle.sync_journal(now=utc_now()))
         if self.session is not None:
             await self.session.close()
 
@@ -202,168 +196,77 @@ class CpRuntime:
     ) -> None:
         await asyncio.sleep(first)
         while True:
-            await self._run(name, job)
+            try:
+                await job()
+            except Exception as exc:
+                job_failed(name, exc)
             await asyncio.sleep(period)
 
-    async def _run(self, name: str, job: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await job()
-        except NixfleetError as exc:
-            log.warning("%s: %s", name, exc)
-        except Exception as exc:
-            if not absorbed(exc, during=name):
-                log.exception("%s: unexpected failure", name)
+    # --- fetching -------------------------------------------------------------------------
 
-    # --- prime and polls -------------------------------------------------------------
+    def _upstreams(self) -> list[tuple[str, Upstream]]:
+        cfg = self.config
+        pairs = (
+            (CHANNEL_REFS, cfg.channel_refs),
+            (REVOCATIONS, cfg.revocations),
+            (NONCES, cfg.bootstrap_nonces),
+        )
+        return [(what, up) for what, up in pairs if up is not None]
+
+    async def _fetch(self, up: Upstream) -> Fetched:
+        assert self.session is not None, "runtime not started"
+        try:
+            return await fetch_pair(self.session, up, self.config.poll_timeout_secs)
+        except UpstreamError as exc:
+            return exc
+
+    def _read_build_time(self) -> tuple[bytes, bytes]:
+        cfg = self.config
+        assert cfg.artifact is not None and cfg.signature is not None
+        return cfg.artifact.read_bytes(), cfg.signature.read_bytes()
 
     async def prime(self) -> None:
-        """Upstream first (seed 000 stair-step fix), then the last verified upstream
-        artifact from the cache; the build-time artifact only if both fail. Whatever
-        the order, the snapshot never goes back to an older `signedAt`.
+        """Fetch every upstream, then `Lifecycle.prime` (forge first; seed 000).
 
         The whole prime, every fetch included, ends by `--prime-timeout-secs`: a forge
-        that accepts connections and never answers delays the listener that long, no more.
+        that accepts connections and never answers delays the listener that long, no
+        more; what did not answer in time is left to the first poll.
         """
         cfg = self.config
         deadline = asyncio.get_running_loop().time() + cfg.prime_timeout_secs
-        if cfg.channel_refs is not None and await self._prime_step(
-            deadline,
-            "channel-refs",
-            cfg.channel_refs,
-            self._poll_channel_refs(timeout=cfg.poll_timeout_secs),
-            then="starting from the snapshot cache or the build-time artifact",
-        ):
-            log.info(
-                "channel-refs: primed verified-fleet from channel-refs source before "
-                "opening listener"
+        fetched: dict[str, Fetched] = {}
+        for what, up in self._upstreams():
+            bound = asyncio.timeout_at(deadline)
+            try:
+                async with bound:
+                    fetched[what] = await self._fetch(up)
+                continue
+            except TimeoutError:
+                if not bound.expired():
+                    raise
+            then = (
+                "starting from the snapshot cache or the build-time artifact"
+                if what == CHANNEL_REFS
+                else f"next try at the poll in {cfg.poll_interval_secs:g} s"
             )
-        self.offer_cache()
-        if self.service.snapshot is None:
-            self.offer_build_time()
-        for what, up, offer in self._sidecars():
-            await self._prime_step(
-                deadline,
-                what,
-                up,
-                self._poll_sidecar(what, up, offer),
-                then=f"next try at the poll in {cfg.poll_interval_secs:g} s",
-            )
-
-    async def _prime_step(
-        self, deadline: float, what: str, up: Upstream, step: Awaitable[T], *, then: str
-    ) -> T | None:
-        bound = asyncio.timeout_at(deadline)
-        try:
-            async with bound:
-                return await step
-        except TimeoutError:
-            if not bound.expired():
-                raise
-        log.warning(
-            "%s: prime gave up after %g s waiting for %s; %s",
-            what,
-            self.config.prime_timeout_secs,
-            up.artifact_url,
-            then,
-        )
-        return None
-
-    def offer_cache(self) -> bool:
-        if self.cache is None:
-            return False
-        pair = self.cache.load()
-        if pair is None:
-            return False
-        try:
-            return self.service.offer_fleet(pair[0], pair[1], now=utc_now(), source=SOURCE_CACHE)
-        except NixfleetError as exc:
-            log.warning("channel-refs: snapshot cache %s rejected: %s", self.cache.path, exc)
-        return False
-
-    def offer_build_time(self) -> bool:
-        cfg = self.config
-        if cfg.artifact is None or cfg.signature is None:
-            return False
-        try:
-            raw, sig = cfg.artifact.read_bytes(), cfg.signature.read_bytes()
-            return self.service.offer_fleet(raw, sig, now=utc_now(), source=SOURCE_BUILD_TIME)
-        except OSError as exc:
             log.warning(
-                "channel-refs: build-time artifact unreadable: %s (%s)", exc.filename, exc.strerror
+                "%s: prime gave up after %g s waiting for %s; %s",
+                what,
+                cfg.prime_timeout_secs,
+                up.artifact_url,
+                then,
             )
-        except NixfleetError as exc:
-            log.warning("channel-refs: build-time artifact rejected: %s", exc)
-        return False
-
-    async def _poll_channel_refs(self, *, timeout: float) -> bool:
-        up = self.config.channel_refs
-        if up is None:
-            return False
-        try:
-            raw, sig = await fetch_pair(self._session(), up, timeout)
-            self.service.offer_fleet(
-                raw,
-                sig,
-                now=utc_now(),
-                source=SOURCE_UPSTREAM,
-                record=self.cache.save if self.cache is not None else None,
-            )
-            return True
-        except NixfleetError as exc:
-            self._poll_failed("channel-refs", exc)
-            return False
-
-    def _sidecars(self) -> list[tuple[str, Upstream, Offer]]:
-        cfg, svc = self.config, self.service
-        pairs = (
-            ("revocations", cfg.revocations, svc.offer_revocations),
-            ("bootstrap-nonces", cfg.bootstrap_nonces, svc.offer_nonces),
-        )
-        return [(what, up, offer) for what, up, offer in pairs if up is not None]
-
-    async def _poll_sidecars(self) -> None:
-        for what, up, offer in self._sidecars():
-            await self._poll_sidecar(what, up, offer)
-
-    async def _poll_sidecar(self, what: str, up: Upstream, offer: Offer) -> None:
-        try:
-            raw, sig = await fetch_pair(self._session(), up, self.config.poll_timeout_secs)
-            offer(raw, sig, now=utc_now())
-        except NixfleetError as exc:
-            self._poll_failed(what, exc)
-        except sqlite3.DatabaseError as exc:
-            if not absorbed(exc, during=f"{what} poll"):
-                raise
-
-    def _poll_failed(self, what: str, exc: NixfleetError) -> None:
-        log.warning(
-            "%s: %s poll failed; retaining previous cache: %s",
-            what,
-            self.config.upstream_label,
-            exc,
-        )
-
-    def _session(self) -> aiohttp.ClientSession:
-        assert self.session is not None, "runtime not started"
-        return self.session
+        self.lifecycle.prime(fetched, now=utc_now())
 
     async def poll_once(self) -> None:
-        await self._poll_channel_refs(timeout=self.config.poll_timeout_secs)
-        await self._poll_sidecars()
+        fetched = {what: await self._fetch(up) for what, up in self._upstreams()}
+        self.lifecycle.poll(fetched, now=utc_now())
 
-    async def tick_once(self) -> None:
-        # Re-verify the build-time artifact each tick; it replaces nothing newer.
-        self.offer_build_time()
-        self.service.tick(now=utc_now())
 
-    async def sweep_once(self) -> None:
-        if self.service.store is not None:
-            self.service.sweep(now=utc_now())
+def _timer(job: Callable[..., object]) -> Callable[[], Awaitable[None]]:
+    """A `Lifecycle` timer job (`job(now=…)`) as the loop awaits it."""
 
-    async def prune_once(self) -> None:
-        if self.service.store is not None:
-            self.service.prune(now=utc_now())
+    async def run() -> None:
+        job(now=utc_now())
 
-    async def journal_once(self) -> None:
-        if self.service.journal is not None:
-            self.service.journal.sync(now=utc_now())
+    return run

@@ -28,8 +28,8 @@ from typing import Any
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fleet_sim.fleetgen import ReleaseKit, ci_commit
 from harness.cpenv import free_port, wait_until
-from harness.fleetgen import ReleaseKit, ci_commit
 from harness.pki import AgentCert, Pki
 from nixfleet.core.canonical import sha256_hex
 from nixfleet.core.hostkey import host_public_key_from

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from agent_testlib import AgentProc, Host, free_port, start_agent
 
-from harness.fleetgen import ReleaseKit, fake_closure
+from fleet_sim.fleetgen import ReleaseKit, fake_closure
 from harness.pki import Pki
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from agent_testlib import AgentProc, Host, start_agent, wait_until
 
+from fleet_sim.fleetgen import HostDecl, fake_closure
 from harness.cpenv import CpEnv, curl, declared, sqlite3
-from harness.fleetgen import HostDecl, fake_closure
 from nixfleet.core.token import dump_token, mint_token
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from agent_testlib import signed_manifest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from harness.fleetgen import ReleaseKit
+from fleet_sim.fleetgen import ReleaseKit
 from nixfleet.agent.evidence import EvidenceSigner
 from nixfleet.agent.manifests import ManifestFetcher
 from nixfleet.agent.statedir import ManifestCache

@@ -43,7 +43,7 @@ from agent_testlib import (
     wait_until,
 )
 
-from harness.fleetgen import ReleaseKit
+from fleet_sim.fleetgen import ReleaseKit
 from harness.pki import Pki
 from nixfleet.core.agent import CP_410_REASON, WATCHDOG_REASON
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from harness.fleetgen import ReleaseKit
+from fleet_sim.fleetgen import ReleaseKit
 from nixfleet.core import clockskew, wire
 from nixfleet.core import dispatch as dec
 from nixfleet.core.agent import Report, checkin_request, step

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from harness.fleetgen import ChannelDecl, HostDecl, ReleaseKit, ci_commit, fake_closure, fleet_doc
+from fleet_sim.fleetgen import ChannelDecl, HostDecl, ReleaseKit, ci_commit, fake_closure, fleet_doc
 from nixfleet.core.agent_events import ManifestFailed, ManifestOk
 from nixfleet.core.manifest_check import check_manifest
 from nixfleet.core.trust import parse_trust

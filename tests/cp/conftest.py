@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from fleet_sim.fleetgen import HostDecl
 from harness.cpenv import CpEnv, MakeEnv
-from harness.fleetgen import HostDecl
 
 TOOLS = ("curl", "jq", "sqlite3")
 

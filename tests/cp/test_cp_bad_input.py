@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import pytest
 
+from fleet_sim.fleetgen import fake_closure
 from harness.cpenv import (
     CpEnv,
     MakeEnv,
@@ -25,7 +26,6 @@ from harness.cpenv import (
     sqlite3,
     table_counts,
 )
-from harness.fleetgen import fake_closure
 from harness.pki import AgentCert
 
 MAX_BODY = 8192

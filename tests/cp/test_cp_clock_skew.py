@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from fleet_sim.fleetgen import fake_closure
 from harness.cpenv import (
     CpEnv,
     MakeEnv,
@@ -16,7 +17,6 @@ from harness.cpenv import (
     declared,
     post,
 )
-from harness.fleetgen import fake_closure
 from harness.pki import AgentCert
 from nixfleet.core.timeutil import format_instant
 

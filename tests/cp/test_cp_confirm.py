@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fleet_sim.fleetgen import fake_closure
 from harness.cpenv import (
     MakeEnv,
     aio_post,
@@ -18,7 +19,6 @@ from harness.cpenv import (
     sh,
     sqlite3,
 )
-from harness.fleetgen import fake_closure
 
 
 def rows(db: Path, host: str) -> list[list[str]]:

@@ -8,6 +8,7 @@ import json
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fleet_sim.fleetgen import fake_closure
 from harness.cpenv import (
     CpEnv,
     MakeEnv,
@@ -20,7 +21,6 @@ from harness.cpenv import (
     post,
     sqlite3,
 )
-from harness.fleetgen import fake_closure
 from harness.pki import AgentCert
 from nixfleet.agent.csr import build_csr
 

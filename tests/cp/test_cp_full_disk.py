@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet_sim.fleetgen import fake_closure
 from harness.cpenv import (
     CpEnv,
     MakeEnv,
@@ -26,7 +27,6 @@ from harness.cpenv import (
     table_counts,
     wait_until,
 )
-from harness.fleetgen import fake_closure
 
 UNAVAILABLE = "state db unavailable: database or disk is full error=SQLITE_FULL"
 TMPFS_SIZE = "8m"

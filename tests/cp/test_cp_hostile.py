@@ -39,6 +39,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from fleet_sim.fleetgen import fake_closure
 from harness.cpenv import (
     CpEnv,
     CpProcess,
@@ -51,7 +52,6 @@ from harness.cpenv import (
     table_counts,
     wait_until,
 )
-from harness.fleetgen import fake_closure
 from harness.pki import AgentCert, CertPaths
 from nixfleet.core.canonical import canonical_bytes
 from nixfleet.core.signing import sign

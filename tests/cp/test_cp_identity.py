@@ -14,6 +14,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from fleet_sim.fleetgen import fake_closure
 from harness.cpenv import (
     CpEnv,
     MakeEnv,
@@ -27,7 +28,6 @@ from harness.cpenv import (
     sh,
     table_counts,
 )
-from harness.fleetgen import fake_closure
 from harness.pki import CertPaths
 
 NIXFLEET = Path(sys.executable).with_name("nixfleet")

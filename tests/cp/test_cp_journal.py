@@ -11,6 +11,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from fleet_sim.fleetgen import fake_closure
 from harness.cpenv import (
     CpEnv,
     MakeEnv,
@@ -25,7 +26,6 @@ from harness.cpenv import (
     sh,
     sqlite3,
 )
-from harness.fleetgen import fake_closure
 from harness.pki import AgentCert
 
 # Seed 002's recipe, verbatim.

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import signal
 
+from fleet_sim.fleetgen import fake_closure
 from harness.cpenv import MakeEnv, checkin_body, declared, post, sh, wait_until
-from harness.fleetgen import fake_closure
 
 HOSTS = ("h1", "h2")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime, timedelta
 
+from fleet_sim.fleetgen import fake_closure
 from harness.cpenv import (
     MakeEnv,
     assert_clean_log,
@@ -18,7 +19,6 @@ from harness.cpenv import (
     wait_more_lines,
     wait_until,
 )
-from harness.fleetgen import fake_closure
 from harness.pki import AgentCert
 from nixfleet.core.timeutil import parse_instant
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
+from fleet_sim.fleetgen import ChannelDecl
 from harness.cpenv import curl
-from harness.fleetgen import ChannelDecl
 from harness.localfleet import LocalFleet
 from harness.nshost import namespaces_available
 from nixfleet.core.agent import MIN_CONFIRM_WINDOW_SECS, WATCHDOG_REASON

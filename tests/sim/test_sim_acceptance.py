@@ -27,7 +27,7 @@ def _run(**kw: object) -> World:
 
 def test_thousand_hosts_three_waves_clean_release_is_repeatable() -> None:
     first = _run(hosts=1000, waves=3, poll_secs=60, seed=11)
-    verdicts = run_checkers(first, CLEAN_RUN)
+    verdicts = run_checkers(first.as_run(), CLEAN_RUN)
     assert passed(verdicts), verdicts
     activations = Counter(str(op.host) for op in first.history.of("activate"))
     assert len(activations) == 1000 and set(activations.values()) == {1}
@@ -63,7 +63,7 @@ def test_health_failures_rollback_and_halt_halts_and_rolls_the_failed_hosts_back
     assert signalled and signalled <= rolled
     for host in rolled:
         assert world.hosts[str(host)].current != world.target(str(host))
-    assert passed(run_checkers(world, DEFAULT)), run_checkers(world, DEFAULT)
+    assert passed(run_checkers(world.as_run(), DEFAULT)), run_checkers(world.as_run(), DEFAULT)
 
 
 def test_health_failures_halt_halts_without_rollback() -> None:
@@ -100,7 +100,7 @@ def test_cp_db_wipe_mid_rollout_recovers() -> None:
     wiped_at = next(op.t for op in world.history.of("cp-wipe"))
     late_confirms = [op for op in world.history.of("confirm") if op.t > wiped_at]
     assert late_confirms, "no confirm crossed the wipe: the scenario proved nothing"
-    verdicts = run_checkers(world, [*DEFAULT, all_converged, checkins_after_restart(120)])
+    verdicts = run_checkers(world.as_run(), [*DEFAULT, all_converged, checkins_after_restart(2)])
     assert passed(verdicts), verdicts
     assert {op.detail["status"] for op in late_confirms} == {204}
 
@@ -115,14 +115,14 @@ def _stuck_partition() -> SimConfig:
 
 def test_partitioned_hosts_converge_after_the_sweep_expires_their_rows() -> None:
     world = World(_stuck_partition()).run()
-    assert passed(run_checkers(world, [*DEFAULT, all_converged]))
+    assert passed(run_checkers(world.as_run(), [*DEFAULT, all_converged]))
 
 
 def test_reintroduced_datetime_compare_bug_is_caught() -> None:
     """Seed 000 rollback timer, reinjected in the real CP store's sweep SQL."""
     with injected("sweep-raw-text-compare"):
         world = World(_stuck_partition()).run()
-    verdicts = {v.name: v for v in run_checkers(world, [*DEFAULT, all_converged])}
+    verdicts = {v.name: v for v in run_checkers(world.as_run(), [*DEFAULT, all_converged])}
     assert verdicts["all-converged"].ok is False
     assert verdicts["rollout-finished"].ok is False
 
@@ -135,4 +135,4 @@ def test_target_lost_in_a_cp_wipe_is_dispatched_again() -> None:
     lost = {str(op.host) for op in world.history.of("report")
             if op.detail.get("event") == "manifest-missing"}
     assert lost, "no target was lost in the wipe: the scenario proved nothing"
-    assert passed(run_checkers(world, [*DEFAULT, all_converged]))
+    assert passed(run_checkers(world.as_run(), [*DEFAULT, all_converged]))

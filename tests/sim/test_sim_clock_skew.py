@@ -20,9 +20,9 @@ def test_a_slow_clock_delays_the_rollout_only_until_it_is_fixed(
     slow = ClockSkew(at=0, hosts=["host-1"], skew_secs=-600, duration=600)
     world = World(SimConfig(hosts=3, waves=1, seed=5, faults=[slow])).run()
 
-    assert all_converged(world).ok, all_converged(world)
+    assert all_converged(world.as_run()).ok, all_converged(world.as_run())
     rid = world.rollout_id
-    ops = [op for op in world.history.ops if op.host == "host-1"]
+    ops = [op for op in world.history.events if op.host == "host-1"]
     kinds = [(op.kind, op.detail.get("event")) for op in ops if op.kind in ("report", "activate")]
     refused = kinds.index(("report", "manifest-verify-failed"))
     assert kinds[refused + 1 :].count(("activate", None)) == 1  # after the clock was fixed

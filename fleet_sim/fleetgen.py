@@ -2,7 +2,9 @@
 
 This is the CI side of the contract (protocol §2): it writes canonical bytes and a
 raw detached signature, exactly what the CP and the agents verify. Everything is
-deterministic given its inputs so simulated runs and tests are repeatable.
+deterministic given its inputs so simulated runs and tests are repeatable. It lives
+with the simulated forge/CI (the layout's home for CI), below `harness`: the harness,
+tests and benchmarks import it from here, and `fleet_sim` imports nothing of `harness`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,135 @@
+"""Run a scenario on a backend and prove it against its mutant.
+
+`run` opens a fleet of the scenario's shape on the backend (with the mutant applied
+where the backend applies it: in-process on `sim`, inside the child processes on
+`local`), runs the steps, then the checkers over the history and the final state.
+A step that waits in vain fails the run with its line. `prove` runs it as shipped (it
+must pass) and with its bug put back (it must fail).
+
+Backends register here by name; `ssh`, `qemu` and `tpm` plug in the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .fleet import Fleet, Run, Scenario, Shape, StepTimeout, Verdict, passed, run_checkers
+
+OpenFleet = Callable[[Shape, Path, "str | None"], AbstractContextManager[Fleet]]
+"""`open(shape, workdir, mutant)`: a fleet, closed (every process stopped) on exit."""
+
+BACKENDS: dict[str, str] = {
+    "sim": "harness.backends.sim:open_fleet",
+    "local": "harness.backends.local:open_fleet",
+}
+"""Backend name → `module:function` of its `OpenFleet` (imported when first used)."""
+
+WAITING: dict[str, str] = {
+    "ssh": "the SSH hosts backend (hardware lab issue)",
+    "qemu": "the QEMU backend (QEMU issue)",
+    "tpm": "the TPM backend (hardware lab issue)",
+}
+"""Backends named by the catalogue that are not built yet, and what they wait for."""
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot run on this machine; the message says why, in one line."""
+
+
+def opener(backend: str) -> OpenFleet:
+    if backend not in BACKENDS:
+        known = ", ".join(sorted(BACKENDS))
+        raise BackendUnavailable(f"unknown backend {backend!r} (built: {known})")
+    module, _, name = BACKENDS[backend].partition(":")
+    fn: OpenFleet = getattr(importlib.import_module(module), name)
+    return fn
+
+
+def unavailable(backend: str) -> str | None:
+    """Why a built backend cannot run on this machine (None: it can), from its module's
+    optional `available()`; opening it would raise BackendUnavailable with the same."""
+    module = importlib.import_module(BACKENDS[backend].partition(":")[0])
+    check: Callable[[], str | None] | None = getattr(module, "available", None)
+    return check() if check is not None else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    scenario: str
+    backend: str
+    mutant: str | None
+    verdicts: list[Verdict]
+    wall_secs: float
+    fleet_secs: float
+    """How long the run took on the fleet's own clock (simulated on `sim`)."""
+    events: int
+    trace_hash: str
+    history: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return passed(self.verdicts)
+
+
+def run(
+    scenario: Scenario,
+    backend: str,
+    *,
+    mutant: str | None = None,
+    workdir: Path | None = None,
+) -> Outcome:
+    started = time.perf_counter()
+    open_fleet = opener(backend)
+    with tempfile.TemporaryDirectory(prefix=f"fleet-{scenario.id}-") as tmp:
+        where = workdir if workdir is not None else Path(tmp)
+        with open_fleet(scenario.shape, where, mutant) as fleet:
+            step_failure: Verdict | None = None
+            try:
+                scenario.steps(fleet)
+            except StepTimeout as exc:
+                step_failure = Verdict("steps", False, str(exc))
+            final = fleet.final()
+            record = Run(
+                backend=backend, history=fleet.history, final=final, poll_secs=fleet.poll_secs
+            )
+            verdicts = run_checkers(record, scenario.checks)
+            if step_failure is not None:
+                verdicts.insert(0, step_failure)
+            return Outcome(
+                scenario=scenario.id,
+                backend=backend,
+                mutant=mutant,
+                verdicts=verdicts,
+                wall_secs=time.perf_counter() - started,
+                fleet_secs=fleet.now(),
+                events=len(fleet.history),
+                trace_hash=fleet.history.trace_hash(),
+                history=[e.line() for e in fleet.history.events],
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Proof:
+    fixed: Outcome
+    buggy: Outcome | None
+    """None when the scenario guards a property, not a fixed bug."""
+
+    @property
+    def proven(self) -> bool:
+        return self.fixed.passed and (self.buggy is None or not self.buggy.passed)
+
+
+def prove(scenario: Scenario, backend: str, *, workdir: Path | None = None) -> Proof:
+    fixed = run(scenario, backend, workdir=workdir and workdir / "fixed")
+    buggy = (
+        run(scenario, backend, mutant=scenario.mutant, workdir=workdir and workdir / "mutant")
+        if scenario.mutant
+        else None
+    )
+    return Proof(fixed=fixed, buggy=buggy)
