@@ -235,6 +235,7 @@ class Release:
     """channel → rollout id of CI's manifest for this release."""
     channels_of: dict[str, str]
     raw: bytes
+    sig: bytes
     signed_at: datetime
 
     def basename(self, host: str) -> str:
@@ -479,7 +480,7 @@ class LocalFleet:
         kw: dict[str, Any] = {"on_health_failure": on_health_failure}
         if channels is not None:
             kw["channels"] = channels
-        raw, _sig = self.env.publish(decls, signed_at=at, **kw)
+        raw, sig = self.env.publish(decls, signed_at=at, **kw)
         rids = {ch: rid for ch, (rid, _b, _s) in self.env.kit.sign_manifests(raw).items()}
         release = Release(
             generation=generation,
@@ -487,6 +488,7 @@ class LocalFleet:
             rollout_ids=rids,
             channels_of={n: self.hosts[n].channel for n in closures},
             raw=raw,
+            sig=sig,
             signed_at=at,
         )
         self.releases[generation] = release
@@ -647,9 +649,15 @@ class LocalFleet:
         return h.agent.stop(sig)
 
     def start_cp(self, *, timeout: float = 30.0) -> CpProcess:
+        """Start the CP with the build-time artifact CI baked into its closure: the
+        release before the newest one (seed 000: the release commit lands after the
+        closure is built)."""
         if self.cp is not None and self.cp.proc.poll() is None:
             raise RuntimeError(f"the control plane is already running (pid {self.cp.proc.pid})")
-        self.cp = self.env.start(timeout=timeout)
+        published = list(self.releases.values())
+        baked = published[-2] if len(published) >= 2 else None
+        build_time = self.env.write_build_time(baked.raw, baked.sig) if baked else None
+        self.cp = self.env.start(self.env.args(build_time=build_time), timeout=timeout)
         return self.cp
 
     def stop_cp(self, sig: int = signal.SIGTERM) -> int | None:

@@ -35,15 +35,24 @@ def snapshot_replaced_by_older() -> AbstractContextManager[object]:
     return mock.patch.object(service, "replaces", lambda current, signed_at: True)
 
 
-def report_hash_prefix() -> AbstractContextManager[object]:
+@contextlib.contextmanager
+def report_hash_prefix() -> Iterator[None]:
     """Seed 000 ghost loop: the agent reports only the 32-char hash before the first
-    `-`, never equal to the full basename the CP declares."""
-    from nixfleet.core import closure
+    `-`, never equal to the full basename the CP declares. The CP of the seed took any
+    string as a closure; this project's wire grammar would refuse the short form with a
+    400 (a second defence, tested on its own), so the mutant puts the lax parser back
+    too, and the ghost loop itself is what the scenario must catch."""
+    from nixfleet.core import closure, idents, wire
 
     def truncated(text: str) -> closure.ClosureHash:
         return closure.ClosureHash(text.rsplit("/", 1)[-1].split("-", 1)[0])
 
-    return mock.patch.object(closure, "closure_hash_from_path", truncated)
+    lax = idents.Grammar("any string", lambda value: True)
+    with (
+        mock.patch.object(closure, "closure_hash_from_path", truncated),
+        mock.patch.object(wire, "CLOSURE_HASH", lax),
+    ):
+        yield
 
 
 def no_orphan_recovery() -> AbstractContextManager[object]:

@@ -19,7 +19,18 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fleet import Fleet, Run, Scenario, Shape, StepTimeout, Verdict, passed, run_checkers
+from .fleet import (
+    CommandFailed,
+    Fleet,
+    NotAvailable,
+    Run,
+    Scenario,
+    Shape,
+    StepTimeout,
+    Verdict,
+    passed,
+    run_checkers,
+)
 
 OpenFleet = Callable[[Shape, Path, "str | None"], AbstractContextManager[Fleet]]
 """`open(shape, workdir, mutant)`: a fleet, closed (every process stopped) on exit."""
@@ -92,8 +103,10 @@ def run(
             step_failure: Verdict | None = None
             try:
                 scenario.steps(fleet)
-            except StepTimeout as exc:
+            except (StepTimeout, CommandFailed) as exc:
                 step_failure = Verdict("steps", False, str(exc))
+            except NotAvailable as exc:  # the scenario asked what this backend cannot do
+                step_failure = Verdict("steps", None, f"not available on {backend}: {exc}")
             final = fleet.final()
             record = Run(
                 backend=backend, history=fleet.history, final=final, poll_secs=fleet.poll_secs
