@@ -1,20 +1,28 @@
 """A simulated host: the real agent reducer (`AgentSession`) pumped by simpy.
 
 `perform` carries out the same actions as the asyncio daemon, with simulated IO: a
-`Network` call to the real `CpService`, a binary-cache transfer, an activation that
-takes time and may fail. The match ends in `assert_never`, like the daemon's.
+`Network` call to the simulated CP, a binary-cache transfer, an activation that takes
+time and may fail. The match ends in `assert_never`, like the daemon's.
+
+What crosses the network is what the daemon sends: the checkin body from the shared
+builder (`checkin.outgoing`), with the attestation and report signatures made by the
+production `EvidenceSigner` over this host's own ed25519 key (the one the simulated
+fleet declares as its pubkey), encoded and parsed by the wire codecs, under the
+host's client certificate (`agent-<host>.fleet.sim`).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, assert_never
 
 import simpy
 
-from nixfleet.core import closure
+from nixfleet.agent.evidence import EvidenceSigner
+from nixfleet.core import closure, wire
 from nixfleet.core.agent import (
     Activate,
     AgentAction,
@@ -44,20 +52,26 @@ from nixfleet.core.agent import (
     StatePersisted,
     SwitchFailed,
 )
+from nixfleet.core.canonical import load_json
+from nixfleet.core.checkin import HostView, outgoing
 from nixfleet.core.closure import ClosureHash
 from nixfleet.core.errors import NixfleetError, Unreachable
 from nixfleet.core.manifest_check import check_manifest
 from nixfleet.core.wire import PROBE_FAIL, PROBE_PASS, HealthProbe
-from nixfleet.cp.api import CONFIRM_STATUS
+from nixfleet.cp.endpoints import ClientCert
+from nixfleet.cp.issuance import agent_cn
 
 from .clock import SimClock
+from .cp import CN_SUFFIX
+from .fleetgen import host_key
+from .network import json_bytes
 
 if TYPE_CHECKING:
-    from datetime import timedelta
-
     from .world import World
 
 AGENT_VERSION = "sim"
+CERT_AGE = timedelta(days=1)
+"""How long before the run each host enrolled (its certificate's notBefore)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -82,6 +96,8 @@ class SimHost:
         self.name = name
         self.rng = random.Random(seed)
         self.clock = SimClock(world.env, world.epoch, skew)
+        self.cert = ClientCert(agent_cn(name, CN_SUFFIX), world.epoch - CERT_AGE)
+        self.signer = EvidenceSigner(host_key(name))
         self.behaviour = HostBehaviour()
         self.profile: list[ClosureHash] = [closure]
         """System profile generations, oldest first."""
@@ -137,6 +153,16 @@ class SimHost:
         failing = bad is not None and self.world.generation_of(self.name, self.current) >= bad
         return HealthProbe(name="app", kind="http", status=PROBE_FAIL if failing else PROBE_PASS)
 
+    def _view(self) -> HostView:
+        return HostView(
+            current=self.running(),
+            pending=None,
+            uptime_secs=int(self.env.now),
+            health_probes=(self._probe(),),
+            health_check_mode="enforce",
+            sent_at=self.clock.now(),
+        )
+
     # --- actions ---------------------------------------------------------------------
 
     def perform(self, action: AgentAction) -> Generator[Any, Any, AgentEvent]:
@@ -148,20 +174,14 @@ class SimHost:
                 return PollTick()
             case Checkin(request=request):
                 started = self.env.now
-                req = replace(
-                    request,
-                    current_generation=replace(
-                        request.current_generation, closure_hash=self.running()
-                    ),
-                    uptime_secs=int(self.env.now),
-                    health_probes=(self._probe(),),
-                    health_check_mode="enforce",
-                )
+                req = outgoing(request, self._view(), self.signer.attest)
+                body = json_bytes(wire.dump_checkin_request(req))
                 try:
-                    resp = yield from net.call(
-                        name,
-                        lambda: cp.reachable,
-                        cp.serve(lambda s: s.checkin(req, now=cp.clock.now())),
+                    reply = yield from net.call(
+                        name, lambda: cp.reachable, lambda: cp.checkin(self.cert, body)
+                    )
+                    resp = wire.parse_checkin_response(
+                        load_json(reply, source="checkin response"), source="checkin response"
                     )
                 except NixfleetError as exc:
                     world.record("checkin-failed", name, reason=str(exc))
@@ -186,13 +206,13 @@ class SimHost:
                 return CheckinOk(response=resp, current_closure=req.current_generation.closure_hash)
             case FetchManifest(rollout_id=rid, wave_index=wave):
                 try:
-                    body, sig = yield from net.call(
-                        name, lambda: cp.reachable, cp.serve(lambda s: s.manifest(rid))
+                    manifest, sig = yield from net.call(
+                        name, lambda: cp.reachable, lambda: cp.manifest(self.cert, rid)
                     )
                 except NixfleetError as exc:
                     return ManifestFailed(kind="missing", reason=f"rollout {rid}: {exc}")
                 return check_manifest(
-                    body,
+                    manifest,
                     sig,
                     cp.trust,
                     rollout_id=rid,
@@ -216,11 +236,10 @@ class SimHost:
                 world.record("activated", name, closure=closure, generation=self.generation)
                 return FiredAndPolled()
             case SendConfirm(request=request):
+                body = json_bytes(wire.dump_confirm_request(request))
                 try:
                     status = yield from net.call(
-                        name,
-                        lambda: cp.reachable,
-                        cp.serve(lambda s: CONFIRM_STATUS[s.confirm(request, now=cp.clock.now())]),
+                        name, lambda: cp.reachable, lambda: cp.confirm(self.cert, body)
                     )
                 except Unreachable as exc:
                     world.record("confirm-failed", name, reason=str(exc))
@@ -249,12 +268,16 @@ class SimHost:
                 )
                 return RollbackDone(ok=True, current_closure=self.current)
             case Report() as report:
-                report_body = report.to_request(hostname=name, agent_version=AGENT_VERSION)
+                signed = self.signer.sign_report(
+                    report.to_request(hostname=name, agent_version=AGENT_VERSION)
+                )
+                body = json_bytes(wire.dump_report_request(signed))
                 try:
-                    yield from net.call(
-                        name,
-                        lambda: cp.reachable,
-                        cp.serve(lambda s: s.report(report_body, now=cp.clock.now())),
+                    reply = yield from net.call(
+                        name, lambda: cp.reachable, lambda: cp.report(self.cert, body)
+                    )
+                    wire.parse_report_accepted(
+                        load_json(reply, source="report response"), source="report response"
                     )
                 except NixfleetError as exc:
                     return ReportFailed(reason=str(exc))

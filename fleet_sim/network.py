@@ -1,11 +1,13 @@
 """The simulated network between hosts and the CP: delay, loss and partitions live
-in this object, not in either endpoint (simpy's latency example)."""
+in this object, not in either endpoint (simpy's latency example). Bodies cross it as
+JSON bytes, as they cross HTTP."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -14,6 +16,11 @@ import simpy
 from nixfleet.core.errors import Unreachable
 
 T = TypeVar("T")
+
+
+def json_bytes(body: Mapping[str, Any]) -> bytes:
+    """A body as aiohttp sends it (`json=` on the agent, `json_response` on the CP)."""
+    return json.dumps(body).encode()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

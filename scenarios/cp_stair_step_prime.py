@@ -2,7 +2,9 @@
 
 CI builds each closure before the `[skip ci]` release commit, so the artifact baked
 into the CP is always one release behind. Across releases and CP restarts the
-verified snapshot must never go back to an older `signedAt`.
+verified snapshot must never go back to an older `signedAt`. The mutant is the seed's
+own bug in the CP's start-up module (`nixfleet.cp.lifecycle`): prime from the baked
+artifact, the forge left to the first poll.
 """
 
 import itertools
@@ -40,5 +42,5 @@ SCENARIO = Scenario(
     shape=Shape(hosts=60, local_hosts=3, waves=1, seed=5),
     steps=steps,
     checks=[snapshot_monotonic, *DEFAULT, all_converged],
-    mutant="snapshot-replaced-by-older",
+    mutant="prime-from-build-time",
 )

@@ -2,8 +2,17 @@
 while hosts are between their switch and their confirm."""
 
 from fleet_sim.checkers import DEFAULT, all_converged, checkins_after_restart
-from harness.fleet import Fleet, Scenario, Shape
+from harness.fleet import CONFIRM, Fleet, Scenario, Shape
 from harness.steps import in_flight, pick, wait_settled
+
+
+def readmitted(fleet: Fleet, confirmed: set[str]) -> list[str]:
+    """Hosts confirmed before the wipe that the rebuilt DB holds as converged at
+    dispatch, not as confirmed: their signed lastConfirmedAt was not taken (H15)."""
+    rows = fleet.cp.sql(
+        "SELECT hostname FROM pending_confirms WHERE terminal_state = 'converged-at-dispatch'"
+    )
+    return sorted(confirmed & {str(row[0]) for row in rows})
 
 
 def steps(fleet: Fleet) -> None:
@@ -11,11 +20,19 @@ def steps(fleet: Fleet) -> None:
     fleet.release()
     enough = max(1, len(fleet.hosts) // 20)
     fleet.wait_until(lambda: in_flight(fleet) >= enough, fleet.polls(20), "switches in flight")
+    confirmed = {str(e.host) for e in fleet.history.of(CONFIRM) if e.detail.get("status") == 204}
     fleet.cp.stop()
     fleet.cp.wipe()
     fleet.sleep(fleet.polls(0.25))
     fleet.cp.start()
     wait_settled(fleet, polls=90)
+    # Lifecycle §4.6: the hosts that had confirmed come back as confirmed (attested).
+    fleet.wait_until(
+        lambda: not readmitted(fleet, confirmed),
+        fleet.polls(1),
+        "hosts confirmed before the wipe to be restored by their attestation, "
+        f"not re-admitted as converged-at-dispatch ({len(confirmed)} confirmed)",
+    )
 
 
 SCENARIO = Scenario(

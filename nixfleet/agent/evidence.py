@@ -47,6 +47,9 @@ class EvidenceSigner:
 
     def __init__(self, key: Ed25519PrivateKey | None) -> None:
         self._key = key
+        self._attested: tuple[tuple[str, str, str], str] | None = None
+        """The last attestation: the same claim goes out with every checkin, and
+        ed25519 signatures are deterministic, so it is signed once."""
 
     @property
     def can_sign(self) -> bool:
@@ -66,8 +69,10 @@ class EvidenceSigner:
         """base64 signature over `{hostname, rolloutId, lastConfirmedAt}`, or None."""
         if self._key is None:
             return None
-        return self._sign(
-            attestation_payload(
+        claim = (hostname, rollout_id, last_confirmed_at)
+        if self._attested is None or self._attested[0] != claim:
+            payload = attestation_payload(
                 hostname=hostname, rollout_id=rollout_id, last_confirmed_at=last_confirmed_at
             )
-        )
+            self._attested = (claim, self._sign(payload))
+        return self._attested[1]

@@ -7,8 +7,10 @@
 
 A missing file means no probes; a file that does not parse is fatal at start-up.
 Intervals are floored at 5 s; `disabled` runs no scheduler. Each probe starts
-`unknown`, runs once at start and then every interval; `lastPassAt` survives
-failures and `failureReason` is cut to 512 characters. The checkin carries the
+`unknown`, runs once at start and then every interval; after a switch or rollback
+(`rerun`) it is `unknown` again and runs at once, so no result taken on the previous
+system vouches for the new one. `lastPassAt` survives failures and `failureReason`
+is cut to 512 characters. The checkin carries the
 results by name and the mode; the CP derives "passing"/"observed" from them.
 """
 
@@ -226,6 +228,9 @@ class HealthMonitor:
                 self._results[p.name] = HealthProbe(name=p.name, kind=p.kind, status=PROBE_UNKNOWN)
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self._epoch = 0
+        """Bumped by `rerun`: a run that started before is discarded."""
+        self._wake: dict[str, asyncio.Event] = {}
 
     @property
     def mode(self) -> str | None:
@@ -255,20 +260,40 @@ class HealthMonitor:
         self._results[spec.name] = result
         return result
 
+    def rerun(self) -> None:
+        """The running system changed: every probe is `unknown` until it has run on the
+        new one, which it does at once."""
+        if not self._results:
+            return
+        self._epoch += 1
+        for name, prior in self._results.items():
+            self._results[name] = replace(prior, status=PROBE_UNKNOWN, failure_reason=None)
+        for wake in self._wake.values():
+            wake.set()
+        log.info("health probes rerun after a system change count=%d", len(self._results))
+
     async def run_once(self, spec: ProbeSpec) -> HealthProbe:
+        epoch = self._epoch
         failure = await run_probe(spec, self._session)
+        if epoch != self._epoch:  # started on the previous system: stale
+            return self._results[spec.name]
         return self.record(spec, failure, self._now())
 
-    async def _loop(self, spec: ProbeSpec) -> None:
+    async def _loop(self, spec: ProbeSpec, wake: asyncio.Event) -> None:
         while True:
+            wake.clear()
             await self.run_once(spec)
-            await asyncio.sleep(spec.interval_secs)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), spec.interval_secs)
 
     async def start(self) -> None:
         if self.config is None or self.config.mode == "disabled" or not self.config.probes:
             return
         self._session = aiohttp.ClientSession()
-        self._tasks = [asyncio.create_task(self._loop(p)) for p in self.config.probes]
+        self._wake = {p.name: asyncio.Event() for p in self.config.probes}
+        self._tasks = [
+            asyncio.create_task(self._loop(p, self._wake[p.name])) for p in self.config.probes
+        ]
 
     async def stop(self) -> None:
         for task in self._tasks:

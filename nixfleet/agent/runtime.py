@@ -134,6 +134,10 @@ class Health(Protocol):
 
     def snapshot(self) -> tuple[HealthProbe, ...]: ...
 
+    def rerun(self) -> None:
+        """The running system changed: results so far describe the previous one."""
+        ...
+
 
 class CertKeeper(Protocol):
     async def renew_if_due(self, now: datetime) -> str | None:
@@ -225,6 +229,7 @@ class AgentRuntime:
             case Activate(closure_hash=closure):
                 log.info("activate closure=%s", closure)
                 outcome = await self.activator.activate(closure)
+                self.health.rerun()
                 log.info("activation outcome=%s closure=%s detail=%s",
                          type(outcome).__name__, closure, outcome)  # fmt: skip
                 return outcome
@@ -233,6 +238,7 @@ class AgentRuntime:
             case Rollback(reason=reason, rollout=rollout):
                 log.info("rollback reason=%s rollout=%s", reason, rollout or "-")
                 done = await self.activator.rollback()
+                self.health.rerun()
                 log.info(
                     "rollback %s current=%s phase=%s",
                     "done" if done.ok else "failed",
@@ -262,6 +268,7 @@ class AgentRuntime:
         known = request.current_generation.closure_hash
         if observed is not None and observed != known and observed != self._drift_logged:
             self._drift_logged = observed
+            self.health.rerun()
             log.warning(
                 "current system changed outside the agent; reporting the link "
                 "current=%s agent_saw=%s",

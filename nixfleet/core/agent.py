@@ -757,7 +757,9 @@ class AgentSession:
             raise BadInput("agent session: intervals (must be positive)")
         self._state = state
         self._poll = poll_interval_secs
-        self._confirm_retry = confirm_retry_secs
+        # Never slower than a poll: seed 001 wants every agent back within 2 polls of a
+        # CP restart, also one whose confirm failed while the CP was down.
+        self._confirm_retry = min(confirm_retry_secs, poll_interval_secs)
         self._jitter = jitter
         self._queue: deque[AgentAction] = deque()
         self._next_poll_at: datetime | None = None

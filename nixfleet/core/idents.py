@@ -28,6 +28,8 @@ _CONTROL = [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
 _ESCAPES = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _CONTROL}
 _ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
 _CONTROL_RX = re.compile("[" + "".join(re.escape(chr(c)) for c in _CONTROL) + "]")
+_BLANK_RX = re.compile(r"\s")
+"""Exactly the characters `str.isspace` calls blank (both ask Unicode's whitespace)."""
 
 # RFC 1123 labels; `_` is allowed as NixOS's networking.hostName allows it.
 _LABEL = rf"[A-Za-z0-9_](?:[A-Za-z0-9_-]{{0,{MAX_LABEL - 2}}}[A-Za-z0-9_])?"
@@ -67,7 +69,7 @@ class Grammar:
 def _is_token(text: str) -> bool:
     # No blank either: an identifier can then never carry a phrase such as
     # "checkin received from victim" into a log line.
-    return len(text) <= MAX_TOKEN and not any(c.isspace() for c in text) and not has_control(text)
+    return len(text) <= MAX_TOKEN and _BLANK_RX.search(text) is None and not has_control(text)
 
 
 def _is_text(text: str) -> bool:

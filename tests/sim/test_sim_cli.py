@@ -50,7 +50,7 @@ def test_run_writes_the_report(capsys: pytest.CaptureFixture[str], tmp_path: Pat
         {"kind": "CpWipe", "at": 400.0, "duration": 20.0, "name": "CpWipe"}
     ]
     assert {v["name"] for v in metrics["verdicts"]} >= {
-        "no-ghost-loops", "checkin-within-120s-of-cp-start"
+        "no-ghost-loops", "checkin-within-2-polls-of-cp-start"
     }  # fmt: skip
 
     for png in ("converged.png", "rates.png", "latency.png"):
