@@ -80,6 +80,9 @@ class Shape:
     waves: int = 1
     policy: str = "rollback-and-halt"
     soak_minutes: int = 0
+    """Each wave's soak at a 60 s poll, i.e. in polls. Declared in whole minutes, so a
+    backend with a shorter poll declares its proportion rounded down (0 on `local`
+    under 30)."""
     confirm_window_polls: float = 6.0
     """The CP's confirm window in agent polls (360 s at a 60 s poll)."""
     seed: int = 1
@@ -145,6 +148,11 @@ class Fleet(Protocol):
 
     def polls(self, n: float) -> float:
         """`n` agent polls, in seconds of this backend."""
+
+    @property
+    def confirm_window(self) -> float:
+        """The CP's confirm window in seconds: `shape.confirm_window_polls` polls, or
+        the least the CP accepts when that is longer (30 s on `local`)."""
 
     def now(self) -> float: ...
 

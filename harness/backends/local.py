@@ -3,13 +3,14 @@
 with its own Nix store in a mount namespace, a signed binary cache and a signed forge.
 
 - Agents poll every 2 s; the CP's confirm window is `shape.confirm_window_polls` polls,
-  but never under the 30 s the CP accepts. Waves, policy and soak come from the shape.
+  but never under the 30 s the CP accepts. Waves and policy come from the shape; the
+  soak too, scaled to the 2 s poll in whole minutes (0 under 30 polls).
 - Each agent reaches the CP through its own TCP proxy (harness.tcpproxy), so
   `partition` really cuts it off: connections dropped and refused for the duration.
 - Every host runs one exec health probe, `app` (every 5 s, the agent's floor): it fails
   while the running closure is one `release(unhealthy=…)` named for that host. The CP
-  marks such a host Failed after 60 s of failures (`nixfleet.core.health`, not a flag):
-  30 polls here, one on `sim`.
+  marks such a host Failed after `--health-failure-secs` of failures: 10 s here (5
+  polls, the least the CP accepts), 60 s (one poll) on `sim`.
 - `slow_activation` is built into the next releases' closures: their switch sleeps,
   lock held, before it moves the link (the agents' switch timeout is 30 s).
 - With a mutant, the CP and every agent start through `python -m harness.launch`, so
@@ -59,6 +60,7 @@ from harness.runner import BackendUnavailable
 from harness.tcpproxy import Proxy, ProxyHub
 from nixfleet.core.agent import MIN_CONFIRM_WINDOW_SECS
 from nixfleet.core.timeutil import parse_instant
+from nixfleet.cp.config import MIN_HEALTH_FAILURE_SECS
 
 from .loghistory import LogHistory
 
@@ -67,6 +69,8 @@ WAIT_STEP_SECS = 0.2
 CHANNEL = "stable"
 FIRST_CHECKIN = ("checkin ok", "checkin failed")
 ENROLL_TIMEOUT_SECS = 60.0
+HEALTH_FAILURE_SECS = MIN_HEALTH_FAILURE_SECS
+"""The CP's `--health-failure-secs`: 5 polls, the least it accepts."""
 WIPE = "rm -rf state.db state.db-wal state.db-shm"
 """Seed 001 step 2, run in the CP's state dir."""
 PROBE = (
@@ -136,21 +140,21 @@ class LocalFleetBackend:
         self.t0 = time.time()
         names = host_names(shape.local_hosts)
         self._waves = wave_plan(names, shape.waves)
-        self.channels = {CHANNEL: ChannelDecl(waves=self._waves, soak_minutes=shape.soak_minutes)}
+        soak = int(shape.soak_minutes * POLL_SECS / 60)  # polls at 60 s → minutes here
+        self.channels = {CHANNEL: ChannelDecl(waves=self._waves, soak_minutes=soak)}
         self.cp = LocalCp(self)
         self.hub = ProxyHub()
         self.proxies: dict[str, Proxy] = {}
         self._generation = 0
         self._switch_secs: dict[str, float] = {}
         self._healing = threading.Lock()
+        self._window = max(MIN_CONFIRM_WINDOW_SECS, round(shape.confirm_window_polls * POLL_SECS))
         try:
             self.local = LocalFleet.create(
                 workdir / "fleet",
                 names,
                 poll_interval=POLL_SECS,
-                confirm_deadline_secs=max(
-                    MIN_CONFIRM_WINDOW_SECS, round(shape.confirm_window_polls * POLL_SECS)
-                ),
+                confirm_deadline_secs=self._window,
                 channel_decls=self.channels,
                 start=False,
             )
@@ -178,6 +182,7 @@ class LocalFleetBackend:
         there is a mutant); returns once each agent has enrolled and checked in (with a
         mutant: has tried to)."""
         self.local.launcher = self.local.env.launcher = launcher(mutant)
+        self.local.env.extra_args += ["--health-failure-secs", str(HEALTH_FAILURE_SECS)]
         for name, h in self.local.hosts.items():
             proxy = self.hub.add(self.local.env.port)
             self.proxies[name] = proxy
@@ -245,6 +250,10 @@ class LocalFleetBackend:
 
     def polls(self, n: float) -> float:
         return n * POLL_SECS
+
+    @property
+    def confirm_window(self) -> float:
+        return float(self._window)
 
     def now(self) -> float:
         return time.time() - self.t0

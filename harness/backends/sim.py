@@ -89,6 +89,10 @@ class SimFleet:
     def polls(self, n: float) -> float:
         return n * self.world.poll_secs
 
+    @property
+    def confirm_window(self) -> float:
+        return float(self.world.config.confirm_window_secs)
+
     def now(self) -> float:
         return float(self.world.env.now)
 

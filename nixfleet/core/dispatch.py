@@ -314,17 +314,22 @@ def confirm_mismatch(confirm: ConfirmFacts, row: OpRow) -> str:
 
 
 def accepts_attestation(
-    facts: CheckinFacts, plan: HostPlan, last_confirmed_at: datetime | None, signature_ok: bool
+    facts: CheckinFacts,
+    plan: HostPlan,
+    last_confirmed_at: datetime | None,
+    signature_ok: Callable[[], bool],
 ) -> bool:
     """H15 (§4.6): a signed `lastConfirmedAt` for the declared closure restores
-    Healthy after a CP wipe, when no participation row exists yet."""
+    Healthy after a CP wipe, when no participation row exists yet. `signature_ok` is
+    asked last: it verifies a signature, and a confirmed host sends its attestation
+    with every checkin although only the first checkin after a wipe needs it."""
     return (
         last_confirmed_at is not None
-        and signature_ok
         and plan.closure_hash is not None
         and facts.current_closure == plan.closure_hash
         and plan.rollout_id is not None
         and plan.participation is None
+        and signature_ok()
     )
 
 

@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 from .wire import PROBE_FAIL, PROBE_PASS, PROBE_UNKNOWN, HealthProbe
 
 FAILURE_THRESHOLD = timedelta(seconds=60)
-"""A probe not passing for this long fails the host (H11)."""
+"""A probe not passing for this long fails the host (H11); the CP's
+`--health-failure-secs`."""
 
 
 def probes_passing(mode: str | None, probes: Sequence[HealthProbe]) -> bool:
@@ -24,11 +25,15 @@ def probes_passing(mode: str | None, probes: Sequence[HealthProbe]) -> bool:
     return True
 
 
-def probes_observed(mode: str | None, probes: Sequence[HealthProbe]) -> bool:
-    """With probes under enforce/permissive, at least one has a result (not unknown):
-    a host never soaks on probes nobody has run yet."""
+def probes_observed(
+    mode: str | None, probes: Sequence[HealthProbe], *, on_target: bool = True
+) -> bool:
+    """With probes under enforce/permissive, at least one has a result (not unknown)
+    and the checkin came from the system the host is judged on (`on_target`; the
+    checkin before a switch speaks for the previous one): a host never soaks on probes
+    nobody has run on its new system yet."""
     if mode in ("enforce", "permissive") and probes:
-        return any(p.status != PROBE_UNKNOWN for p in probes)
+        return on_target and any(p.status != PROBE_UNKNOWN for p in probes)
     return True
 
 
@@ -44,5 +49,7 @@ def failing_since(previous: datetime | None, failing: bool, now: datetime) -> da
     return previous if previous is not None else now
 
 
-def has_failed(since: datetime | None, now: datetime) -> bool:
-    return since is not None and now - since >= FAILURE_THRESHOLD
+def has_failed(
+    since: datetime | None, now: datetime, threshold: timedelta = FAILURE_THRESHOLD
+) -> bool:
+    return since is not None and now - since >= threshold

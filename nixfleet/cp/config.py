@@ -22,6 +22,8 @@ DEFAULT_KEEPALIVE_TIMEOUT_SECS = 75.0
 """Above the agents' 60 s poll and their own 70 s idle drop (agent/transport.py)."""
 DEFAULT_MAX_CONNECTIONS_PER_PEER = 1024
 MAX_TIMEOUT_SECS = 3600.0
+MIN_HEALTH_FAILURE_SECS = 10
+"""Two probe runs at the agents' 5 s interval floor: one failed run never fails a host."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -66,6 +68,7 @@ class CpConfig:
     rollouts_dir: Path | None = None
     freshness_window_secs: int = 2_592_000
     confirm_deadline_secs: int = 360
+    health_failure_secs: int = 60
     tick_interval_secs: float = 30.0
     poll_interval_secs: float = 60.0
     sweep_interval_secs: float = 30.0
@@ -105,6 +108,13 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     flag("--rollouts-dir", type=Path, help="directory of <rolloutId>.json{,.sig} manifests")
     flag("--freshness-window-secs", type=int, default=2_592_000, help="sidecar freshness window")
     flag("--confirm-deadline-secs", type=int, default=360, help="confirm window per dispatch")
+    flag(
+        "--health-failure-secs",
+        type=int,
+        default=60,
+        help="a Healthy or Soaked host whose probes have not all passed for this long is "
+        "marked Failed (H11)",
+    )
     flag("--tick-interval-secs", type=float, default=30.0, help="reconcile tick period")
     flag("--poll-interval-secs", type=float, default=60.0, help="upstream poll period")
     flag("--sweep-interval-secs", type=float, default=30.0, help="rollback sweep period")
@@ -206,6 +216,11 @@ def config_from_args(args: argparse.Namespace) -> CpConfig:
             "failed confirm at least 3 times before their watchdog rolls back; a real "
             "switch may take 300 s, hence the default 360)"
         )
+    if not MIN_HEALTH_FAILURE_SECS <= args.health_failure_secs <= MAX_TIMEOUT_SECS:
+        raise BadInput(
+            f"--health-failure-secs must be ≥ {MIN_HEALTH_FAILURE_SECS} and "
+            f"≤ {MAX_TIMEOUT_SECS:g}, got {args.health_failure_secs}"
+        )
     if args.agent_cert_validity_secs < 60:
         raise BadInput("--agent-cert-validity-secs must be ≥ 60")
     cfg = CpConfig(
@@ -231,6 +246,7 @@ def config_from_args(args: argparse.Namespace) -> CpConfig:
         rollouts_dir=args.rollouts_dir,
         freshness_window_secs=args.freshness_window_secs,
         confirm_deadline_secs=args.confirm_deadline_secs,
+        health_failure_secs=args.health_failure_secs,
         tick_interval_secs=args.tick_interval_secs,
         poll_interval_secs=args.poll_interval_secs,
         sweep_interval_secs=args.sweep_interval_secs,

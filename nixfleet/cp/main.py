@@ -109,6 +109,7 @@ def build_service(cfg: CpConfig) -> CpService:
     settings = ServiceSettings(
         agent_cn_suffix=cfg.agent_cn_suffix,
         confirm_window=timedelta(seconds=cfg.confirm_deadline_secs),
+        health_failure=timedelta(seconds=cfg.health_failure_secs),
         freshness_window_secs=cfg.freshness_window_secs,
         agent_cert_validity_secs=cfg.agent_cert_validity_secs,
         needs_revocations=cfg.revocations is not None,

@@ -62,6 +62,8 @@ class ServiceSettings:
     freshness_window_secs: int = 2_592_000
     agent_cert_validity_secs: int = 2_592_000
     agent_poll: timedelta = AGENT_POLL
+    health_failure: timedelta = health.FAILURE_THRESHOLD
+    """H11: how long a host's probes may not pass before it is Failed."""
     needs_revocations: bool = False
     needs_nonces: bool = False
 
@@ -338,12 +340,19 @@ class CpService:
         snap = self._snapshot()
         store = self._store()
         states = not for_gates or needs_host_states(snap.fleet)
+        hosts = snap.fleet.hosts
         checkins = {
             h: HostCheckin(
                 at=at,
                 current_closure=req.current_generation.closure_hash,
                 probes_passing=health.probes_passing(req.health_check_mode, req.health_probes),
-                probes_observed=health.probes_observed(req.health_check_mode, req.health_probes),
+                probes_observed=health.probes_observed(
+                    req.health_check_mode,
+                    req.health_probes,
+                    # Sent before the switch to the declared closure: not its probes.
+                    on_target=h not in hosts
+                    or hosts[h].closure_hash in (None, req.current_generation.closure_hash),
+                ),
             )
             for h, (at, req) in (self.mem.checkins.items() if not for_gates else ())
         }
@@ -458,15 +467,16 @@ class CpService:
         healthy = plan.participation == HEALTHY
         if dec.resets_soak(facts, op_row, healthy) and op is not None:
             store.set_participation(op.rollout_id, host, HEALTHY, now=now, healthy_since=None)
-        if plan.rollout_id is not None and dec.accepts_attestation(
-            facts, plan, req.last_confirmed_at, self._attestation_ok(req, plan.rollout_id)
+        rid = plan.rollout_id
+        if rid is not None and dec.accepts_attestation(
+            facts, plan, req.last_confirmed_at, lambda: self._attestation_ok(req, rid)
         ):
             assert req.last_confirmed_at is not None
             since = dec.healthy_since(req.last_confirmed_at, now)
             wave = req.last_evaluated_target.wave_index if req.last_evaluated_target else None
             store.confirm_attested(
                 host,
-                plan.rollout_id,
+                rid,
                 wave or 0,
                 facts.current_closure,
                 healthy_since=since,
@@ -474,7 +484,7 @@ class CpService:
             )
             log.info(
                 "confirm received (attested) rollout=%s host=%s since=%s",
-                plan.rollout_id,
+                rid,
                 host,
                 format_instant(since),
             )
@@ -853,7 +863,8 @@ class CpService:
                 self.mem.failing_since.pop(host, None)
                 continue
             self.mem.failing_since[host] = since
-            if not health.has_failed(since, now) or decl is None or rid is None:
+            failed = health.has_failed(since, now, self.settings.health_failure)
+            if not failed or decl is None or rid is None:
                 continue
             closure = req.current_generation.closure_hash
             store.set_participation(rid, host, FAILED, now=now)

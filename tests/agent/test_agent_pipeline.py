@@ -173,6 +173,31 @@ def test_fetch_activate_confirm_and_attest(rig: Rig) -> None:
     assert len(set(rig.cp.checkin_ports)) == 1
 
 
+def test_probe_results_are_not_carried_across_a_switch(rig: Rig) -> None:
+    """A result taken on the previous system must not vouch for the new one: with a 30 s
+    probe interval the first checkins after the switch used to report the old `pass`,
+    and a CP with no soak converged a host whose new closure fails its probe."""
+    gen2 = rig.closure("2")
+    (rig.host.dir / "health-checks.json").write_text(json.dumps({
+        "exec": [{"name": "app", "intervalSeconds": 30, "command": [
+            "sh", "-c", f'[ "$(readlink {rig.host.link})" != {gen2} ]']}],
+    }))  # fmt: skip
+    agent = rig.start()
+    wait_until(
+        lambda: any(p["status"] == "pass" for c in rig.cp.checkins for p in c["healthProbes"]),
+        30,
+        "a passing probe on the first system",
+    )
+    rig.release(gen2)
+    wait_until(lambda: rig.cp.confirms, 60, "a confirm")
+    seen = len(rig.cp.checkins)
+    wait_until(lambda: len(rig.cp.checkins) >= seen + 3, 30, "three more checkins")
+    after = [c["healthProbes"][0]["status"] for c in rig.cp.checkins[seen:]]
+    assert "pass" not in after, after
+    assert after[-1] == "fail", after
+    assert agent.proc.poll() is None
+
+
 def test_failed_switch_rolls_back_and_reports(rig: Rig) -> None:
     bad = rig.closure("2", fail=True)
     rig.start()

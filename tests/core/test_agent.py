@@ -1190,7 +1190,9 @@ def test_confirm_retry_delay(left: float | None, expected: float) -> None:
     assert confirm_retry_delay(deadline, NOW, 10.0) == timedelta(seconds=expected)
 
 
-def confirm_times(window_secs: int, confirm: Callable[[int, datetime], AgentEvent]) -> list[float]:
+def confirm_times(
+    window_secs: int, confirm: Callable[[int, datetime], AgentEvent], **session_kw: Any
+) -> list[float]:
     """Seconds after the dispatch at which the session sent each confirm, until the
     first 204 or the watchdog rollback."""
     world = World(
@@ -1199,7 +1201,7 @@ def confirm_times(window_secs: int, confirm: Callable[[int, datetime], AgentEven
         ),
         confirm=confirm,
     )
-    session = new_session()
+    session = new_session(**session_kw)
     world.run(
         session,
         NOW,
@@ -1216,6 +1218,17 @@ def test_at_least_three_confirm_retries_fit_in_any_window(window_secs: int) -> N
     assert all(t < window_secs for t in sent)
     gaps = [b - a for a, b in itertools.pairwise(sent)]
     assert min(gaps) >= 0.5 and max(gaps) <= 10
+
+
+def test_a_confirm_is_retried_no_later_than_the_next_poll() -> None:
+    """An agent polling every 2 s whose confirm failed while the CP restarted waited
+    7.5 s (a quarter of a 30 s window) to try again: longer than the 2 polls within
+    which seed 001 wants every agent back."""
+    sent = confirm_times(
+        30, lambda n, now: ConfirmFailed(reason="cp restarting"), poll_interval_secs=2
+    )
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert len(sent) >= 10 and max(gaps) <= 2
 
 
 def test_a_short_cp_outage_inside_a_10_s_window_costs_no_rollback() -> None:

@@ -242,13 +242,25 @@ def test_soak_resets_when_host_leaves_its_confirmed_closure() -> None:
 def test_attestation() -> None:
     on_target = replace(FACTS, current_closure=DECLARED)
     at = NOW - timedelta(minutes=30)
-    assert d.accepts_attestation(on_target, PLAN, at, signature_ok=True)
-    assert not d.accepts_attestation(on_target, PLAN, at, signature_ok=False)
-    assert not d.accepts_attestation(FACTS, PLAN, at, signature_ok=True)
-    assert not d.accepts_attestation(on_target, replace(PLAN, participation="Healthy"), at, True)
-    assert not d.accepts_attestation(on_target, PLAN, None, True)
+    yes, no = (lambda: True), (lambda: False)
+    assert d.accepts_attestation(on_target, PLAN, at, signature_ok=yes)
+    assert not d.accepts_attestation(on_target, PLAN, at, signature_ok=no)
+    assert not d.accepts_attestation(FACTS, PLAN, at, signature_ok=yes)
+    assert not d.accepts_attestation(on_target, replace(PLAN, participation="Healthy"), at, yes)
+    assert not d.accepts_attestation(on_target, PLAN, None, yes)
     assert d.healthy_since(at, NOW) == at
     assert d.healthy_since(NOW + timedelta(days=1), NOW) == NOW
+
+
+def test_attestation_signature_checked_only_when_it_would_count() -> None:
+    """A confirmed host attests on every checkin; its row makes the check moot."""
+
+    def unexpected() -> bool:
+        raise AssertionError("signature verified although a participation row exists")
+
+    on_target = replace(FACTS, current_closure=DECLARED)
+    row_exists = replace(PLAN, participation="Healthy")
+    assert not d.accepts_attestation(on_target, row_exists, NOW, signature_ok=unexpected)
 
 
 def test_rollback_signal_only_for_failed_under_rollback_and_halt() -> None:
