@@ -106,6 +106,17 @@ class ReleaseKit:
         return out
 
 
+def wave_plan(names: Sequence[str], waves: int) -> list[list[str]]:
+    """`waves` waves of the hosts, canary first: 1 % (at least one), then the rest
+    split evenly. The simulated and the real local fleets both plan their waves here."""
+    if waves <= 1:
+        return [list(names)]
+    first = max(1, len(names) // 100)
+    rest = list(names[first:])
+    per = -(-len(rest) // (waves - 1))
+    return [list(names[:first])] + [rest[i : i + per] for i in range(0, len(rest), per)]
+
+
 def meta(signed_at: datetime, ci_commit: str) -> dict[str, Any]:
     return {"schemaVersion": 1, "signedAt": format_instant(signed_at), "ciCommit": ci_commit}
 

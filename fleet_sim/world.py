@@ -23,7 +23,7 @@ from .checkers import Final, HostFinal, RolloutFinal, Run
 from .clock import SimClock
 from .cp import SimCp
 from .faults import Fault, compose
-from .fleetgen import ChannelDecl, HostDecl, fake_closure
+from .fleetgen import ChannelDecl, HostDecl, fake_closure, wave_plan
 from .forge import SimForge
 from .history import History
 from .host import SimHost
@@ -61,14 +61,7 @@ class SimConfig:
         return [f"host-{i:0{width}d}" for i in range(1, self.hosts + 1)]
 
     def wave_plan(self) -> list[list[str]]:
-        """Waves of growing size (canary first): 1 %, then the rest split evenly."""
-        names = self.host_names()
-        if self.waves <= 1:
-            return [names]
-        first = max(1, len(names) // 100)
-        rest = names[first:]
-        per = -(-len(rest) // (self.waves - 1))
-        return [names[:first]] + [rest[i : i + per] for i in range(0, len(rest), per)]
+        return wave_plan(self.host_names(), self.waves)
 
 
 class World:

@@ -88,17 +88,6 @@ class Shape:
     seed: int = 1
 
 
-def wave_plan(names: Sequence[str], waves: int) -> list[list[str]]:
-    """`waves` waves of the hosts, canary first: 1 % (at least one), then the rest
-    split evenly (the simulator's `SimConfig.wave_plan`, for any host names)."""
-    if waves <= 1:
-        return [list(names)]
-    first = max(1, len(names) // 100)
-    rest = list(names[first:])
-    per = -(-len(rest) // (waves - 1))
-    return [list(names[:first])] + [rest[i : i + per] for i in range(0, len(rest), per)]
-
-
 class NotAvailable(Exception):
     """A verb this backend cannot perform (e.g. a shell on the simulated CP host)."""
 

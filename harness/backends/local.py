@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from fleet_sim.fleetgen import ChannelDecl
+from fleet_sim.fleetgen import ChannelDecl, wave_plan
 from harness.cpenv import wait_until
 from harness.fleet import (
     AGENT_KILL,
@@ -50,7 +50,6 @@ from harness.fleet import (
     RolloutFinal,
     Shape,
     wait_loop,
-    wave_plan,
 )
 from harness.launch import launcher
 from harness.localfleet import LocalFleet, host_names

@@ -169,6 +169,17 @@ class SimFleet:
             now=self.now,
             advance=self.sleep,
             interval=WAIT_STEP_SECS,
+            seen=self._seen,
+        )
+
+    def _seen(self) -> str:
+        """How far the fleet got: hosts on target, cut off, with their agent down."""
+        world = self.world
+        on = sum(1 for h in world.hosts if self.current(h) == self.target(h))
+        down = sum(1 for h in world.hosts.values() if not h.up)
+        return (
+            f"{on}/{len(world.hosts)} hosts on target, {len(world.network.cut)} cut off, "
+            f"{down} agents down, CP {'up' if world.cp.reachable else 'down'}"
         )
 
     def final(self) -> Final:

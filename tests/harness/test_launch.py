@@ -9,7 +9,6 @@ the shipped CP and never by the mutant one.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -21,8 +20,6 @@ import pytest
 from harness.cpenv import CpEnv, declared, sqlite3, wait_until
 from harness.launch import launcher
 from nixfleet.core.timeutil import format_instant
-
-pytestmark = pytest.mark.skipif(shutil.which("sqlite3") is None, reason="needs sqlite3")
 
 RID = "cd" * 32
 SWEPT = "rolling back: confirm window expired"

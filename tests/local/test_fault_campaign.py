@@ -17,8 +17,6 @@ import pytest
 
 from harness.faultcampaign import CampaignConfig, CampaignFailure, run_campaign
 
-pytestmark = [pytest.mark.nix, pytest.mark.slow]
-
 CI_SEEDS = (3577987740, 2217743209)
 """Seeds that once found a defect (an agent killed mid-switch, restarted while its switch
 ran on). CI replays them so a landing does not hang on a dice roll; the benchmark

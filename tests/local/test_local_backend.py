@@ -8,7 +8,6 @@ One fleet per test (each costs a few seconds to build and enrol); polls are 2 s.
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,18 +35,6 @@ from harness.fleet import (
     NotAvailable,
     Shape,
 )
-from harness.nshost import namespaces_available
-
-pytestmark = [
-    pytest.mark.nix,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("nix-build") is None
-        or shutil.which("sqlite3") is None
-        or not namespaces_available(),
-        reason="needs nix, sqlite3 and root mount namespaces (unshare --mount)",
-    ),
-]
 
 OpenFleet = Callable[..., LocalFleetBackend]
 

@@ -13,7 +13,6 @@ process of the fleet ever logged a traceback.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -26,19 +25,7 @@ import pytest
 from fleet_sim.fleetgen import ChannelDecl
 from harness.cpenv import curl
 from harness.localfleet import LocalFleet
-from harness.nshost import namespaces_available
 from nixfleet.core.agent import MIN_CONFIRM_WINDOW_SECS, WATCHDOG_REASON
-
-pytestmark = [
-    pytest.mark.nix,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("nix-build") is None
-        or shutil.which("sqlite3") is None
-        or not namespaces_available(),
-        reason="needs nix, sqlite3 and root mount namespaces (unshare --mount)",
-    ),
-]
 
 MakeFleet = Callable[..., LocalFleet]
 

@@ -5,23 +5,11 @@ bootstraps first."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from harness import teardown
-from harness.nshost import namespaces_available
-
-pytestmark = [
-    pytest.mark.nix,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        any(shutil.which(t) is None for t in ("nix-build", "sqlite3", "curl", "jq"))
-        or not namespaces_available(),
-        reason="needs nix, sqlite3, curl, jq and root mount namespaces (unshare --mount)",
-    ),
-]
 
 ROOT = Path(__file__).resolve().parents[2]
 
