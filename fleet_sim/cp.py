@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import simpy
 
-from nixfleet.core import protocol
+from nixfleet.core import protocol, wire
 from nixfleet.core.canonical import sha256_hex
+from nixfleet.core.errors import NixfleetError
+from nixfleet.core.timeutil import format_instant
 from nixfleet.core.trust import Trust, parse_trust
 from nixfleet.cp import endpoints
-from nixfleet.cp.api import NOT_READY
+from nixfleet.cp.api import NOT_READY, ApiError
 from nixfleet.cp.endpoints import ClientCert, Peer
 from nixfleet.cp.lifecycle import CHANNEL_REFS, Fetched, Lifecycle, UpstreamError, run_job
 from nixfleet.cp.service import CpService, ServiceSettings
@@ -47,6 +49,47 @@ HEADER = str(protocol.MAJOR)
 """The `X-Nixfleet-Protocol` every simulated agent sends."""
 
 Job = Callable[[Lifecycle, datetime], object]
+
+
+_ROUTES: tuple[tuple[str, str], ...] = (
+    ("GET", protocol.HEALTHZ),
+    ("GET", protocol.READYZ),
+    ("POST", protocol.ENROLL),
+    ("POST", protocol.BOOTSTRAP_REPORT),
+    ("POST", protocol.RENEW),
+    ("GET", protocol.WHOAMI),
+    ("POST", protocol.CHECKIN),
+    ("POST", protocol.CONFIRM),
+    ("POST", protocol.REPORT),
+    ("GET", protocol.CHANNEL),
+    ("GET", protocol.HOSTS),
+    ("GET", protocol.ROLLOUTS),
+    ("GET", protocol.ROLLOUT),
+    ("GET", protocol.ROLLOUT_SIG),
+    ("GET", protocol.METRICS),
+)
+"""The aiohttp app's routes (`build_app`), as (method, canonical route)."""
+_UNSIMULATED = frozenset(
+    {protocol.ENROLL, protocol.BOOTSTRAP_REPORT, protocol.RENEW, protocol.METRICS}
+)
+
+
+def _route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
+    """The canonical route `path` matches and its `{name}` parameters."""
+    parts = path.split("?", 1)[0].split("/")
+    for verb, route in _ROUTES:
+        pattern = route.split("/")
+        if verb != method or len(pattern) != len(parts):
+            continue
+        params: dict[str, str] = {}
+        for want, got in zip(pattern, parts, strict=True):
+            if want.startswith("{") and want.endswith("}") and got:
+                params[want[1:-1]] = got
+            elif want != got:
+                break
+        else:
+            return route, params
+    return None
 
 
 class MemoryCache:
@@ -175,6 +218,75 @@ class SimCp:
     def manifest(self, cert: ClientCert, rid: str) -> tuple[bytes, bytes | None]:
         """`GET /v1/rollouts/{rid}` and its `/sig`, in one go."""
         return self.request(protocol.ROLLOUT, cert, lambda service, _peer: service.manifest(rid))
+
+    def call(
+        self, method: str, path: str, cert: ClientCert | None, raw: bytes
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """Any request a client could send, answered as the aiohttp app answers it
+        (`nixfleet/cp/http.py`): the same gates, the same service call, the same error
+        bodies (`endpoints.refusal`). Routes the simulator's hosts never use (enroll,
+        renew, metrics) answer 501 here, saying so."""
+        service = self.service
+        if service is None:
+            return 0, b"connection refused (the simulated CP is down)", {}
+        found = _route(method, path)
+        try:
+            if found is None:
+                raise ApiError(404, "not found", f"no route {method} {path}")
+            route, params = found
+            if route in _UNSIMULATED:
+                raise ApiError(501, "not implemented", f"{route} is not simulated")
+            if route.startswith("/v1/"):
+                endpoints.admit(service, HEADER, strict=False)
+                if route not in protocol.ANONYMOUS:
+                    peer = endpoints.identify(service, cert)
+                    endpoints.authorize(peer, route)
+            answer = self._answer(service, route, params, cert, raw)
+        except NixfleetError as exc:
+            refused = endpoints.refusal(exc)
+            headers = {"content-type": "application/json"}
+            if refused.retry_after is not None:
+                headers["Retry-After"] = str(refused.retry_after)
+            return refused.status, json_bytes(refused.body()), headers
+        if isinstance(answer, int):
+            return answer, b"", {}
+        if isinstance(answer, bytes):
+            return 200, answer, {"content-type": "application/octet-stream"}
+        return 200, json_bytes(answer), {"content-type": "application/json"}
+
+    def _answer(
+        self, service: CpService, route: str, params: dict[str, str], cert: ClientCert | None,
+        raw: bytes,
+    ) -> Any:  # fmt: skip
+        now = self.clock.now()
+        peer = endpoints.identify(service, cert) if route.startswith("/v1/") else None
+        if route == protocol.HEALTHZ:
+            return service.health()
+        if route == protocol.READYZ:
+            service.require_ready()
+            return {"ready": True}
+        assert peer is not None
+        if route == protocol.WHOAMI:
+            return {"cn": peer.cn, "issuedAt": format_instant(now)}
+        if route == protocol.CHECKIN:
+            return endpoints.checkin(service, peer, raw, now=now)
+        if route == protocol.CONFIRM:
+            return endpoints.confirm(service, peer, raw, now=now)
+        if route == protocol.REPORT:
+            return endpoints.report(service, peer, raw, now=now)
+        if route == protocol.CHANNEL:
+            return service.channel_info(params["name"])
+        if route == protocol.HOSTS:
+            entries = service.host_status(now=now)
+            return {"hosts": [wire.dump_host_status_entry(e) for e in entries]}
+        if route == protocol.ROLLOUTS:
+            return {"rollouts": service.rollouts_in_flight()}
+        body, sig = service.manifest(params["rid"])
+        if route == protocol.ROLLOUT:
+            return body
+        if sig is None:
+            raise ApiError(500, "internal", "manifest signature is missing")
+        return sig
 
     # --- timers -----------------------------------------------------------------------
 

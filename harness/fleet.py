@@ -16,8 +16,9 @@ real one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fleet_sim.checkers import (
@@ -95,6 +96,26 @@ class NotAvailable(Exception):
 class CommandFailed(AssertionError):
     """A command run on a fleet host (`operator`) exited non-zero; the message says
     which, its status and the tail of its stderr."""
+
+
+OPERATOR = "operator"
+"""`Fleet.call(as_=OPERATOR)`: an operator's client certificate."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One answer of the CP. `status` 0: no HTTP answer at all (refused, reset)."""
+
+    status: int
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def line(self) -> str:
+        """For step failures: status and the body's first 200 characters."""
+        return f"{self.status} {self.body[:200].decode(errors='replace')}"
 
 
 class Cp(Protocol):
@@ -177,6 +198,19 @@ class Fleet(Protocol):
         """What the newest release declares for the host."""
 
     def converged(self, hosts: Iterable[str] | None = None) -> bool: ...
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        as_: str | None,
+        body: object = None,
+    ) -> Reply:
+        """One request to the CP as a client would send it: `as_` a host name (that
+        host's agent certificate), OPERATOR, or None (no client certificate); `body`
+        bytes as they are, anything else as JSON. Through the same gates and handlers
+        the agents meet: real mTLS on `local`, the CP's `endpoints` on `sim`."""
 
     def operator(self, cmd: str) -> str:
         """A shell on the CP host (curl | jq, sqlite3, grep on the journal, verbatim);

@@ -27,6 +27,7 @@ import json
 import shutil
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,11 +43,13 @@ from harness.fleet import (
     CP_STOP,
     CP_WIPE,
     FAULT,
+    OPERATOR,
     RELEASE,
     Final,
     History,
     HostFinal,
     NotAvailable,
+    Reply,
     RolloutFinal,
     Shape,
     wait_loop,
@@ -78,6 +81,23 @@ PROBE = (
 )
 """The `app` probe: fail while the running system (`nixos-system-<host>-<gen>`, the
 store hash dropped) is listed in the host's `unhealthy` file."""
+
+
+def parse_curl_reply(out: bytes) -> Reply:
+    """`curl -D -` output: the last header block (after any 100 Continue), then the
+    body. No header block: no HTTP answer (status 0)."""
+    status, headers = 0, {}
+    while out.startswith(b"HTTP/"):
+        head, sep, rest = out.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(
+            (k.strip().lower(), v.strip()) for k, _, v in (h.partition(":") for h in lines[1:])
+        )
+        out = rest
+    return Reply(status, out, headers)
 
 
 def available() -> str | None:
@@ -320,6 +340,22 @@ class LocalFleetBackend:
     def agent_up(self, host: str) -> bool:
         h = self.local.host(host)
         return bool(h.agents) and h.agent.running()
+
+    def call(self, method: str, path: str, *, as_: str | None, body: object = None) -> Reply:
+        """curl with the fleet CA and the caller's certificate, straight to the CP's
+        port (not through a host's proxy). A host's certificate is a fresh one from the
+        fleet CA for that host, as a renewal would give it."""
+        env = self.local.env
+        cert = None if as_ is None else env.operator() if as_ == OPERATOR else env.agent(as_)
+        extra = ["-X", method, "-D", "-"]
+        if body is not None:
+            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+            extra += ["-H", "content-type: application/json", "--data-binary", "@-"]
+        else:
+            raw = b""
+        argv = env.curl(path, *extra, cert=cert)
+        res = subprocess.run(argv, input=raw, capture_output=True, timeout=30)
+        return parse_curl_reply(res.stdout)
 
     def operator(self, cmd: str) -> str:
         return self.shell.run(cmd)

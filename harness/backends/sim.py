@@ -8,6 +8,7 @@ the whole run. Scenario shapes are taken as they are (`shape.hosts` hosts).
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -15,10 +16,13 @@ from typing import Any
 
 from fleet_sim.history import History
 from fleet_sim.world import SimConfig, World
-from harness.fleet import FAULT, Final, NotAvailable, Shape, wait_loop
+from harness.fleet import FAULT, OPERATOR, Final, NotAvailable, Reply, Shape, wait_loop
 from harness.mutants import injected
+from nixfleet.cp.endpoints import ClientCert
+from nixfleet.cp.issuance import operator_cn
 
 POLL_SECS = 60.0
+OPERATOR_CERT_AGE = timedelta(days=1)
 WAIT_STEP_SECS = 5.0
 """How often a `wait_until` predicate is asked, in simulated seconds."""
 
@@ -152,6 +156,17 @@ class SimFleet:
     def converged(self, hosts: Iterable[str] | None = None) -> bool:
         names = self.hosts if hosts is None else hosts
         return all(self.current(h) == self.target(h) for h in names)
+
+    def call(self, method: str, path: str, *, as_: str | None, body: object = None) -> Reply:
+        if as_ is None:
+            cert = None
+        elif as_ == OPERATOR:
+            cert = ClientCert(operator_cn("harness", "sim"), self.world.epoch - OPERATOR_CERT_AGE)
+        else:
+            cert = self.world.hosts[as_].cert
+        raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
+        status, answer, headers = self.world.cp.call(method, path, cert, raw)
+        return Reply(status, answer, headers)
 
     def operator(self, cmd: str) -> str:
         raise NotAvailable("the simulated CP has no host to run a shell on (use --backend local)")

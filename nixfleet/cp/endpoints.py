@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from http import HTTPStatus
 from typing import Any
 
 from nixfleet.core import protocol, wire
 from nixfleet.core.canonical import load_json
 from nixfleet.core.dispatch import ConfirmVerdict
+from nixfleet.core.errors import NixfleetError, ParseError
 
 from .api import CONFIRM_STATUS, ApiError, forbidden, unauthorized
 from .issuance import Role, role_of
@@ -39,6 +41,35 @@ class Peer:
     machine_id: str
     not_before: datetime
     role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """How an error becomes an answer: status, the JSON body `{"error", "reason"}`
+    and its headers. One mapping for the aiohttp app and the simulated CP."""
+
+    status: int
+    code: str
+    reason: str
+    retry_after: int | None = None
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.code, "reason": self.reason}
+
+
+def refusal(exc: NixfleetError) -> Refusal:
+    if isinstance(exc, ApiError):
+        return Refusal(exc.http_status, exc.code, exc.message, exc.retry_after)
+    if isinstance(exc, ParseError):
+        return Refusal(400, "bad request", exc.message)
+    return Refusal(exc.http_status, phrase(exc.http_status), exc.message)
+
+
+def phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return "error"
 
 
 def admit(service: CpService, header: str | None, *, strict: bool) -> None:

@@ -13,7 +13,6 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -23,7 +22,7 @@ from cryptography.x509.oid import NameOID
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from nixfleet.core import protocol, wire
-from nixfleet.core.errors import NixfleetError, ParseError
+from nixfleet.core.errors import NixfleetError
 from nixfleet.core.timeutil import format_instant
 
 from . import endpoints
@@ -46,13 +45,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase.lower()
-    except ValueError:
-        return "error"
-
-
 def _error_body(status: int, code: str, reason: str) -> web.Response:
     return web.json_response({"error": code, "reason": reason}, status=status)
 
@@ -61,13 +53,6 @@ def _error_body(status: int, code: str, reason: str) -> web.Response:
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
-        resp = _error_body(exc.http_status, exc.code, exc.message)
-        if exc.retry_after is not None:
-            resp.headers["Retry-After"] = str(exc.retry_after)
-        return resp
-    except ParseError as exc:
-        return _error_body(400, "bad request", exc.message)
     except (HttpProcessingError, RequestPayloadError) as exc:
         # The body could not be read as sent (e.g. a Content-Encoding it does not
         # have): the peer's doing; the stream is unusable, so the connection closes.
@@ -77,11 +62,15 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         resp.force_close()
         return resp
     except NixfleetError as exc:
-        return _error_body(exc.http_status, _phrase(exc.http_status), exc.message)
+        refused = endpoints.refusal(exc)
+        resp = _error_body(refused.status, refused.code, refused.reason)
+        if refused.retry_after is not None:
+            resp.headers["Retry-After"] = str(refused.retry_after)
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        resp = _error_body(exc.status, _phrase(exc.status), exc.text or exc.reason)
+        resp = _error_body(exc.status, endpoints.phrase(exc.status), exc.text or exc.reason)
         if "Allow" in exc.headers:  # 405 says which methods the route has
             resp.headers["Allow"] = exc.headers["Allow"]
         return resp

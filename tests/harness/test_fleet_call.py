@@ -1,0 +1,44 @@
+"""`Fleet.call`: one request to the CP through the same gates on every backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.backends import local, sim
+from harness.fleet import OPERATOR, Fleet, Shape
+
+SHAPE = Shape(hosts=3, local_hosts=1, seed=3)
+
+
+def contract(fleet: Fleet) -> None:
+    host = fleet.hosts[0]
+    health = fleet.call("GET", "/healthz", as_=None)
+    assert health.status == 200 and health.json()["last_tick_at"] is not None
+    assert fleet.call("GET", "/v1/whoami", as_=host).json()["cn"].startswith(f"agent-{host}.")
+    assert fleet.call("GET", "/v1/channels/stable", as_=OPERATOR).status == 200
+    refused = fleet.call("GET", "/v1/channels/stable", as_=host)
+    assert refused.status == 403 and refused.json()["error"] == "forbidden", refused.line()
+    assert fleet.call("GET", "/v1/channels/nope", as_=OPERATOR).status == 404
+    assert fleet.call("GET", "/v1/whoami", as_=None).status == 401
+    assert fleet.call("GET", "/v1/nothing-here", as_=OPERATOR).status == 404
+    bad = fleet.call("POST", "/v1/agent/checkin", as_=host, body=b"{not json")
+    assert bad.status == 400, bad.line()
+
+
+def test_sim_call_answers_as_the_http_app() -> None:
+    with sim.open_fleet(SHAPE, Path("."), None) as fleet:
+        fleet.sleep(fleet.polls(1))
+        contract(fleet)
+        fleet.cp.crash()
+        assert fleet.call("GET", "/healthz", as_=None).status == 0
+
+
+@pytest.mark.slow
+def test_local_call_is_real_mtls(tmp_path: Path) -> None:
+    with local.open_fleet(SHAPE, tmp_path, None) as fleet:
+        fleet.sleep(fleet.polls(16))  # past the first 30 s tick
+        contract(fleet)
+        fleet.cp.crash()
+        assert fleet.call("GET", "/healthz", as_=None).status == 0
