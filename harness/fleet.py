@@ -256,6 +256,15 @@ def wait_loop(
 Steps = Callable[[Fleet], None]
 
 
+def not_written(why: str) -> Steps:
+    """The steps of an entry that runs on no backend yet: they say why if asked."""
+
+    def steps(fleet: Fleet) -> None:
+        raise NotAvailable(why)
+
+    return steps
+
+
 @dataclass(frozen=True, kw_only=True)
 class Scenario:
     id: str
@@ -268,6 +277,15 @@ class Scenario:
     checks: Sequence[Checker]
     mutant: str | None = None
     backends: frozenset[str] = frozenset({"sim", "local"})
+    """The backends the catalogue lists for it."""
+    waiting: Mapping[str, str] = field(default_factory=dict)
+    """Backends among `backends` it does not run on yet, each with the reason (the issue
+    that brings it, or why it cannot exist on this machine)."""
+
+    @property
+    def runs_on(self) -> frozenset[str]:
+        """The backends its steps are written for (listed and not waiting)."""
+        return self.backends - set(self.waiting)
 
     def __post_init__(self) -> None:
         from .mutants import MUTANTS

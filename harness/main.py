@@ -1,6 +1,6 @@
 """`fleet-harness`: list, run and prove the scenario catalogue on one or more backends.
 
-    fleet-harness list
+    fleet-harness list [--markdown]
     fleet-harness run [ID …] --backend B [--backend B …] [--report DIR]
     fleet-harness prove (ID … | --all) --backend B [--backend B …] [--report DIR]
     fleet-harness report DIR
@@ -55,12 +55,22 @@ def _pairs(args: argparse.Namespace) -> list[tuple[Scenario, str]]:
         found = scenarios.by_id(sid)
         if found is None:
             raise BadInput(f"unknown scenario {sid!r} (see `fleet-harness list`)")
-        missing = [b for b in backends if b not in found.backends]
+        missing = [b for b in backends if b not in found.runs_on]
         if missing:
-            raise BadInput(f"scenario {sid} does not run on {', '.join(missing)}")
+            why = "; ".join(f"{b}: {where(found, b)}" for b in missing)
+            raise BadInput(f"scenario {sid} does not run on {', '.join(missing)} ({why})")
         chosen.append(found)
     pool = chosen or scenarios.CATALOGUE
-    return [(s, b) for b in backends for s in pool if b in s.backends]
+    return [(s, b) for b in backends for s in pool if b in s.runs_on]
+
+
+def where(scenario: Scenario, backend: str) -> str:
+    """Why `scenario` does not run on `backend` here."""
+    if backend in scenario.waiting:
+        return scenario.waiting[backend]
+    if backend not in scenario.backends:
+        return "the catalogue does not list it"
+    return runner.WAITING.get(backend, "not planned")
 
 
 def _attempt(scenario: Scenario, backend: str, proving: bool) -> report.Result:
@@ -117,31 +127,52 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    why = {name: runner.unavailable(name) for name in runner.BACKENDS}
-    for s in scenarios.CATALOGUE:
-        built = [b for b in runner.BACKENDS if b in s.backends]
-        here = [b for b in built if why[b] is None]
-        broken = [f"{b} ({why[b]})" for b in built if why[b] is not None]
-        waiting = [
-            f"{b} ({runner.WAITING.get(b, 'not planned')})"
-            for b in sorted(s.backends - set(runner.BACKENDS))
-        ]
-        print(s.id)
-        print(f"    source:   {s.source}")
-        print(f"    mutant:   {s.mutant or '-'}")
-        print(f"    here:     {', '.join(here) or '-'}")
-        if broken:
-            print(f"    not here: {', '.join(broken)}")
-        print(f"    waiting:  {', '.join(waiting) or '-'}")
+    rows = [_listing(s) for s in scenarios.CATALOGUE]
+    if args.markdown:
+        print(report.catalogue_markdown(rows))
+    else:
+        for row in rows:
+            print(row.id)
+            print(f"    source:   {row.source}")
+            print(f"    mutant:   {row.mutant or '-'}")
+            print(f"    here:     {', '.join(row.here) or '-'}")
+            if row.broken:
+                print(f"    not here: {', '.join(row.broken)}")
+            print(f"    waiting:  {', '.join(row.waiting) or '-'}")
+    counts = report.listing_counts(rows)
+    print(
+        f"\n{counts.total} entries: {counts.runnable} run here "
+        f"({counts.guarded} of them against a mutant), {counts.waiting} wait",
+        file=sys.stderr if args.markdown else sys.stdout,
+    )
     return 0
+
+
+def _listing(s: Scenario) -> report.Listing:
+    built = [b for b in runner.BACKENDS if b in s.runs_on]
+    here = [b for b in built if _why(b) is None]
+    return report.Listing(
+        id=s.id,
+        source=s.source,
+        mutant=s.mutant,
+        here=here,
+        broken=[f"{b} ({_why(b)})" for b in built if b not in here],
+        waiting=[f"{b} ({where(s, b)})" for b in sorted(s.backends - set(built))],
+    )
+
+
+def _why(backend: str) -> str | None:
+    return runner.unavailable(backend)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="fleet-harness", description="NixFleet scenario harness")
     sub = parser.add_subparsers(metavar="COMMAND", dest="command", parser_class=OneLineParser)
-    sub.add_parser("list", help="the catalogue and where each scenario runs").set_defaults(
-        func=_cmd_list
+    listing = sub.add_parser("list", help="the catalogue and where each scenario runs")
+    listing.add_argument(
+        "--markdown", action="store_true", help="one Markdown table (the README's catalogue)"
     )
+    listing.set_defaults(func=_cmd_list)
     for name, text in (
         ("run", "run scenarios (default: the whole catalogue)"),
         ("prove", "run scenarios as shipped and with their bug put back"),

@@ -45,7 +45,7 @@ class Catalogue(pytest.Directory):
 
         for scenario in scenarios.CATALOGUE:
             for backend in runner.BACKENDS:
-                if backend in scenario.backends:
+                if backend in scenario.runs_on:
                     yield ScenarioItem.from_parent(
                         self, name=f"{scenario.id}@{backend}", scenario=scenario, backend=backend
                     )

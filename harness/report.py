@@ -331,3 +331,56 @@ def render(directory: Path) -> list[Path]:
     written[0].write_text(markdown(blocks))
     written[1].write_text(html_page(blocks))
     return written
+
+
+# --- the catalogue listing (`fleet-harness list`) ----------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Listing:
+    """Where one entry runs on this machine and what the rest waits for."""
+
+    id: str
+    source: str
+    mutant: str | None
+    here: Sequence[str]
+    broken: Sequence[str]
+    """Built backends it runs on that cannot run on this machine, with why."""
+    waiting: Sequence[str]
+    """Listed backends it does not run on here, each with its reason."""
+
+
+@dataclass(frozen=True)
+class ListingCounts:
+    total: int
+    runnable: int
+    guarded: int
+    waiting: int
+
+
+def listing_counts(rows: Sequence[Listing]) -> ListingCounts:
+    runnable = [r for r in rows if r.here]
+    return ListingCounts(
+        total=len(rows),
+        runnable=len(runnable),
+        guarded=sum(1 for r in runnable if r.mutant),
+        waiting=len(rows) - len(runnable),
+    )
+
+
+def catalogue_markdown(rows: Sequence[Listing]) -> str:
+    """The README's catalogue table, generated from the scenario modules."""
+    lines = [
+        "| id | source | runs here | mutant | waiting for |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [
+            f"`{r.id}`",
+            r.source,
+            ", ".join(r.here) or "-",
+            f"`{r.mutant}`" if r.mutant else "-",
+            "; ".join(r.waiting) or "-",
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)

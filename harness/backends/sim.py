@@ -164,7 +164,7 @@ class SimFleet:
             cert = ClientCert(operator_cn("harness", "sim"), self.world.epoch - OPERATOR_CERT_AGE)
         else:
             cert = self.world.hosts[as_].cert
-        raw = body if isinstance(body, bytes) else b"" if body is None else json.dumps(body).encode()
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode() if body else b""
         status, answer, headers = self.world.cp.call(method, path, cert, raw)
         return Reply(status, answer, headers)
 

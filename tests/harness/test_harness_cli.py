@@ -130,3 +130,23 @@ def test_a_backend_that_cannot_run_here_fails_its_pairs_with_the_reason(
         capsys.readouterr().out
     )
     assert "| tiny-proven | fails, " in (tmp_path / "catalogue.md").read_text()
+
+
+def test_list_counts_and_markdown_say_why_an_entry_waits(
+    tiny_catalogue: list[Scenario],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(runner, "unavailable", lambda b: None)
+    later = replace(
+        tiny_catalogue[0], id="later", backends=frozenset({"local"}), waiting={"local": "issue 14"}
+    )
+    monkeypatch.setattr(scenarios, "CATALOGUE", [tiny_catalogue[0], later])
+    assert main(["list", "--markdown"]) == 0
+    captured = capsys.readouterr()
+    rows = captured.out.splitlines()
+    assert rows[0].startswith("| id | source | runs here | mutant | waiting for |")
+    assert rows[-1].startswith("| `later` |") and "local (issue 14)" in rows[-1]
+    assert "2 entries: 1 run here (1 of them against a mutant), 1 wait" in captured.err
+    assert main(["run", "later", "--backend", "local"]) == 2
+    assert "does not run on local (local: issue 14)" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def test_collect_only_lists_each_scenario_on_each_built_backend() -> None:
         f"scenarios::{s.id}@{b}"
         for s in scenarios.CATALOGUE
         for b in runner.BACKENDS
-        if b in s.backends
+        if b in s.runs_on
     ]
     assert collect("scenarios") == pairs
     assert collect("scenarios", "-m", "backend_sim") == [p for p in pairs if p.endswith("@sim")]

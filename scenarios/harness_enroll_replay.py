@@ -1,0 +1,16 @@
+"""`harness-enroll-replay`: not written on a backend built here yet (see WHY)."""
+
+from harness.fleet import Scenario, Shape, not_written
+
+WHY = "not written yet"
+
+SCENARIO = Scenario(
+    id="harness-enroll-replay",
+    source="reference harness scenario harness-enroll-replay",
+    summary=WHY,
+    shape=Shape(),
+    steps=not_written(WHY),
+    checks=[],
+    backends=frozenset({"qemu", "local"}),
+    waiting={"local": WHY},
+)

@@ -1,0 +1,16 @@
+"""`harness-smoke`: not written on a backend built here yet (see WHY)."""
+
+from harness.fleet import Scenario, Shape, not_written
+
+WHY = "not written yet"
+
+SCENARIO = Scenario(
+    id="harness-smoke",
+    source="reference harness scenario harness-smoke",
+    summary=WHY,
+    shape=Shape(),
+    steps=not_written(WHY),
+    checks=[],
+    backends=frozenset({"qemu", "sim", "local"}),
+    waiting={"sim": WHY, "local": WHY},
+)
