@@ -51,6 +51,13 @@ HEADER = str(protocol.MAJOR)
 Job = Callable[[Lifecycle, datetime], object]
 
 
+FORGE_FAULTS = {
+    "down": "HTTP 503",
+    "hang": "timed out after 10 s",
+    "unauthorized": "HTTP 401",
+}
+"""What the runtime's fetch (`nixfleet/cp/runtime.py`) says for each forge fault."""
+
 _ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", protocol.HEALTHZ),
     ("GET", protocol.READYZ),
@@ -176,6 +183,8 @@ class SimCp:
         forge = self.world.forge
         if not forge.up or forge.latest is None:
             return UpstreamError("GET fleet.resolved.json: connect failed (forge down)")
+        if forge.fault is not None:
+            return UpstreamError(f"GET fleet.resolved.json: {FORGE_FAULTS[forge.fault]}")
         return forge.latest.raw, forge.latest.sig
 
     def _build_time(self) -> tuple[bytes, bytes]:

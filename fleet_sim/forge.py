@@ -29,6 +29,9 @@ class SimForge:
     releases: list[Release] = field(default_factory=list)
     manifests: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     up: bool = True
+    fault: str | None = None
+    """How the forge misbehaves while up (harness `forge_fault` modes): "down" (503),
+    "hang" (no answer: the fetch times out), "unauthorized" (401); None: healthy."""
 
     def publish(
         self,

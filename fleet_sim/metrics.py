@@ -116,9 +116,7 @@ def _on_target_transitions(world: World) -> tuple[dict[str, bool], dict[str, flo
 
 def _released_at(world: World) -> float | None:
     times = [
-        op.t
-        for op in world.history.of("release")
-        if op.detail.get("release") == world.generation
+        op.t for op in world.history.of("release") if op.detail.get("release") == world.generation
     ]
     return times[-1] if times else None
 

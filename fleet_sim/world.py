@@ -192,9 +192,7 @@ class World:
         states: dict[str, dict[str, str]] = {}
         for row in store.participation_rows():
             states.setdefault(row.rollout_id, {})[row.hostname] = row.host_state
-        order = {
-            str(e.detail.get("rollout")): i for i, e in enumerate(self.history.of("release"))
-        }
+        order = {str(e.detail.get("rollout")): i for i, e in enumerate(self.history.of("release"))}
         rows = sorted(store.rollout_rows(), key=lambda r: order.get(r.rollout_id, -1))
         return [
             RolloutFinal(

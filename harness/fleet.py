@@ -66,6 +66,11 @@ REVOKE = "revoke"  # host
 AGENT_KILL = "agent-crash"  # host
 AGENT_START = "agent-start"  # host
 FAULT = "fault"  # host? {name, action: start|end}
+CALL = "call"  # host? (the caller) {method, path, as_, status}: a scenario's Fleet.call
+
+FORGE_MODES = ("ok", "down", "hang", "unauthorized")
+"""`Fleet.forge_fault` modes: healthy; every request answered 503; requests held
+unanswered (a partition); 401 (an expired forge token)."""
 
 
 # --- the fleet a scenario drives ---------------------------------------------------------
@@ -180,6 +185,10 @@ class Fleet(Protocol):
     def partition(self, hosts: Iterable[str], duration: float) -> None:
         """Cut these hosts off the CP for `duration` seconds (from now)."""
 
+    def forge_fault(self, mode: str) -> None:
+        """From now on the CP's upstream forge behaves as `mode` (FORGE_MODES); "ok"
+        heals it. Recorded as a `forge` fault."""
+
     def skew_clock(self, host: str, secs: float) -> None: ...
 
     def slow_activation(self, hosts: Iterable[str], secs: float) -> None:
@@ -228,6 +237,17 @@ class Fleet(Protocol):
 
 class StepTimeout(AssertionError):
     """A scenario step waited in vain: the scenario fails with this line."""
+
+
+class StepFailed(AssertionError):
+    """A scenario step saw what must not be (a wrong status, a missing line): the
+    scenario fails with this line."""
+
+
+def expect(ok: bool, what: str, saw: object = "") -> None:
+    """A step's assertion: `what` must hold; StepFailed names it and what was seen."""
+    if not ok:
+        raise StepFailed(f"expected {what}" + (f"; saw {saw}" if saw != "" else ""))
 
 
 def wait_loop(

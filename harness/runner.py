@@ -26,6 +26,7 @@ from .fleet import (
     Run,
     Scenario,
     Shape,
+    StepFailed,
     StepTimeout,
     Verdict,
     passed,
@@ -103,7 +104,7 @@ def run(
             step_failure: Verdict | None = None
             try:
                 scenario.steps(fleet)
-            except (StepTimeout, CommandFailed) as exc:
+            except (StepTimeout, StepFailed, CommandFailed) as exc:
                 step_failure = Verdict("steps", False, str(exc))
             except NotAvailable as exc:  # the scenario asked what this backend cannot do
                 step_failure = Verdict("steps", None, f"not available on {backend}: {exc}")

@@ -39,6 +39,7 @@ from harness.cpenv import wait_until
 from harness.fleet import (
     AGENT_KILL,
     AGENT_START,
+    CALL,
     CP_CRASH,
     CP_STOP,
     CP_WIPE,
@@ -54,6 +55,7 @@ from harness.fleet import (
     Shape,
     wait_loop,
 )
+from harness.forge import ForgeMode
 from harness.launch import launcher
 from harness.localfleet import LocalFleet, host_names
 from harness.nshost import namespaces_available
@@ -347,6 +349,7 @@ class LocalFleetBackend:
         fleet CA for that host, as a renewal would give it."""
         env = self.local.env
         cert = None if as_ is None else env.operator() if as_ == OPERATOR else env.agent(as_)
+        caller = None if as_ in (None, OPERATOR) else as_
         extra = ["-X", method, "-D", "-"]
         if body is not None:
             raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -355,7 +358,21 @@ class LocalFleetBackend:
             raw = b""
         argv = env.curl(path, *extra, cert=cert)
         res = subprocess.run(argv, input=raw, capture_output=True, timeout=30)
-        return parse_curl_reply(res.stdout)
+        reply = parse_curl_reply(res.stdout)
+        self.record(CALL, caller, method=method, path=path, as_=as_, status=reply.status)
+        return reply
+
+    def forge_fault(self, mode: str) -> None:
+        forge = self.local.env.forge
+        assert forge is not None, "the local fleet always has a forge"
+        if mode == "unauthorized":
+            forge.set_token("forge-token-the-cp-does-not-have")
+        else:
+            forge.set_token(None)
+            forge.set_mode(
+                {"ok": ForgeMode.OK, "down": ForgeMode.FAIL, "hang": ForgeMode.HANG}[mode]
+            )
+        self.record(FAULT, fault="forge", phase="heal" if mode == "ok" else mode)
 
     def operator(self, cmd: str) -> str:
         return self.shell.run(cmd)

@@ -16,7 +16,17 @@ from typing import Any
 
 from fleet_sim.history import History
 from fleet_sim.world import SimConfig, World
-from harness.fleet import FAULT, OPERATOR, Final, NotAvailable, Reply, Shape, wait_loop
+from harness.fleet import (
+    CALL,
+    FAULT,
+    FORGE_MODES,
+    OPERATOR,
+    Final,
+    NotAvailable,
+    Reply,
+    Shape,
+    wait_loop,
+)
 from harness.mutants import injected
 from nixfleet.cp.endpoints import ClientCert
 from nixfleet.cp.issuance import operator_cn
@@ -131,6 +141,12 @@ class SimFleet:
             "partition", cut, duration, lambda: self.world.network.cut.difference_update(cut)
         )
 
+    def forge_fault(self, mode: str) -> None:
+        if mode not in FORGE_MODES:
+            raise ValueError(f"forge mode {mode!r} not in {FORGE_MODES}")
+        self.world.forge.fault = None if mode == "ok" else mode
+        self.world.record(FAULT, None, fault="forge", phase="heal" if mode == "ok" else mode)
+
     def skew_clock(self, host: str, secs: float) -> None:
         self.world.hosts[host].clock.skew = timedelta(seconds=secs)
         self.world.record(FAULT, host, fault="clock-skew", phase="invoke", secs=secs)
@@ -166,6 +182,8 @@ class SimFleet:
             cert = self.world.hosts[as_].cert
         raw = body if isinstance(body, bytes) else json.dumps(body).encode() if body else b""
         status, answer, headers = self.world.cp.call(method, path, cert, raw)
+        caller = None if as_ in (None, OPERATOR) else as_
+        self.world.record(CALL, caller, method=method, path=path, as_=as_, status=status)
         return Reply(status, answer, headers)
 
     def operator(self, cmd: str) -> str:
