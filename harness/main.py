@@ -1,6 +1,6 @@
 """`fleet-harness`: list, run and prove the scenario catalogue on one or more backends.
 
-    fleet-harness list [--markdown]
+    fleet-harness list [--markdown] [--update README.md]
     fleet-harness run [ID …] --backend B [--backend B …] [--report DIR]
     fleet-harness prove (ID … | --all) --backend B [--backend B …] [--report DIR]
     fleet-harness report DIR
@@ -127,8 +127,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    rows = [_listing(s) for s in scenarios.CATALOGUE]
-    if args.markdown:
+    # The Markdown table documents the project (the README's), so it lists the built
+    # backends each entry runs on, whatever this machine has.
+    rows = [_listing(s, machine=not args.markdown) for s in scenarios.CATALOGUE]
+    if args.update is not None:
+        report.update_readme(args.update, report.catalogue_markdown(rows))
+        print(f"updated the catalogue table in {args.update}")
+    elif args.markdown:
         print(report.catalogue_markdown(rows))
     else:
         for row in rows:
@@ -143,14 +148,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print(
         f"\n{counts.total} entries: {counts.runnable} run here "
         f"({counts.guarded} of them against a mutant), {counts.waiting} wait",
-        file=sys.stderr if args.markdown else sys.stdout,
+        file=sys.stderr if args.markdown or args.update else sys.stdout,
     )
     return 0
 
 
-def _listing(s: Scenario) -> report.Listing:
+def _listing(s: Scenario, *, machine: bool) -> report.Listing:
     built = [b for b in runner.BACKENDS if b in s.runs_on]
-    here = [b for b in built if _why(b) is None]
+    here = [b for b in built if not machine or _why(b) is None]
     return report.Listing(
         id=s.id,
         source=s.source,
@@ -171,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="the catalogue and where each scenario runs")
     listing.add_argument(
         "--markdown", action="store_true", help="one Markdown table (the README's catalogue)"
+    )
+    listing.add_argument(
+        "--update",
+        type=Path,
+        metavar="FILE",
+        help="rewrite the table between FILE's catalogue markers (the README)",
     )
     listing.set_defaults(func=_cmd_list)
     for name, text in (

@@ -384,3 +384,27 @@ def catalogue_markdown(rows: Sequence[Listing]) -> str:
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
+
+
+BEGIN_MARK = "<!-- catalogue table: fleet-harness list --update README.md -->"
+END_MARK = "<!-- end of catalogue table -->"
+
+
+def update_readme(path: Path, table: str) -> None:
+    """Replace the text between the catalogue markers of `path` with `table`."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BadInput(f"cannot read {path}: {exc.strerror}") from None
+    head, begin, rest = text.partition(BEGIN_MARK)
+    _old, end, tail = rest.partition(END_MARK)
+    if not begin or not end:
+        raise BadInput(f"{path} has no catalogue markers ({BEGIN_MARK} … {END_MARK})")
+    path.write_text(f"{head}{BEGIN_MARK}\n{table}\n{END_MARK}{tail}")
+
+
+def readme_table(text: str) -> str | None:
+    """The table between the catalogue markers of a README's text."""
+    _head, begin, rest = text.partition(BEGIN_MARK)
+    table, end, _tail = rest.partition(END_MARK)
+    return table.strip() if begin and end else None
