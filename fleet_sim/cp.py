@@ -11,8 +11,11 @@ the database and the snapshot cache survive; a wipe drops the database too (seed
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Generator
+import re
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,7 +29,14 @@ from nixfleet.core.trust import Trust, parse_trust
 from nixfleet.cp import endpoints
 from nixfleet.cp.api import NOT_READY, ApiError
 from nixfleet.cp.endpoints import ClientCert, Peer
-from nixfleet.cp.lifecycle import CHANNEL_REFS, Fetched, Lifecycle, UpstreamError, run_job
+from nixfleet.cp.lifecycle import (
+    CHANNEL_REFS,
+    REVOCATIONS,
+    Fetched,
+    Lifecycle,
+    UpstreamError,
+    run_job,
+)
 from nixfleet.cp.service import CpService, ServiceSettings
 from nixfleet.cp.store import Store
 
@@ -57,6 +67,36 @@ FORGE_FAULTS = {
     "unauthorized": "HTTP 401",
 }
 """What the runtime's fetch (`nixfleet/cp/runtime.py`) says for each forge fault."""
+
+POLL_FAILED = re.compile(
+    r"(?P<upstream>[\w-]+): \S+ poll failed; retaining previous cache: (?P<reason>.*)$"
+)
+"""The CP's line for an upstream it fetched and refused (`Lifecycle._poll_failed`):
+its snapshot kept, the reason (a VerifyError's `<reason>: <detail>`, or the fetch's)."""
+
+
+class _Refusals(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.found: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = POLL_FAILED.search(record.getMessage())
+        if m is not None:
+            self.found.append((m["upstream"], m["reason"]))
+
+
+@contextlib.contextmanager
+def _poll_failures() -> Iterator[list[tuple[str, str]]]:
+    """The CP's poll-failure lines logged within the block, as (upstream, reason)."""
+    handler = _Refusals()
+    logger = logging.getLogger("nixfleet.cp")
+    logger.addHandler(handler)
+    try:
+        yield handler.found
+    finally:
+        logger.removeHandler(handler)
+
 
 _ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", protocol.HEALTHZ),
@@ -124,8 +164,11 @@ class SimCp:
             agent_cn_suffix=CN_SUFFIX,
             confirm_window=timedelta(seconds=confirm_window_secs),
             agent_poll=timedelta(seconds=agent_poll_secs),
+            health_failure=timedelta(seconds=world.config.health_failure_secs),
         )
         self.cache = MemoryCache()
+        self.bake: Callable[[bytes], bytes] | None = None
+        """Rewrites the baked artifact's bytes (a harness fault: one byte flipped)."""
         self.store: Store | None = None
         self.service: CpService | None = None
         self.lifecycle: Lifecycle | None = None
@@ -145,17 +188,19 @@ class SimCp:
         """Open (or reopen) the DB and prime, as `nixfleet-control-plane` starts."""
         if self.store is None:
             self.store = Store.open(":memory:")
+        # Configured with `--revocations-artifact-url` when CI publishes a sidecar.
+        sidecar = self.world.forge.revocations is not None
         self.service = CpService(
             self.store,
             lambda: self.trust,
-            self.settings,
+            replace(self.settings, needs_revocations=sidecar),
             manifest_source=self.world.forge.manifest,
         )
         self.lifecycle = Lifecycle(
             self.service, cache=self.cache, build_time=self._build_time, upstream_label="forge"
         )
         self.boots += 1
-        self._run("prime", lambda lc, now: lc.prime({CHANNEL_REFS: self._fetch()}, now=now))
+        self._run("prime", lambda lc, now: lc.prime(self._fetch_all(), now=now))
         self.up = True
         self.world.record("cp-start", None, boot=self.boots, ready=self.service.ready)
 
@@ -187,13 +232,30 @@ class SimCp:
             return UpstreamError(f"GET fleet.resolved.json: {FORGE_FAULTS[forge.fault]}")
         return forge.latest.raw, forge.latest.sig
 
+    def _fetch_all(self) -> dict[str, Fetched]:
+        """Every configured upstream, as the runtime's prime and poll fetch them."""
+        fetched: dict[str, Fetched] = {CHANNEL_REFS: self._fetch()}
+        sidecar = self.world.forge.revocations
+        if sidecar is not None:
+            fetched[REVOCATIONS] = self._fetch_sidecar("revocations.json", sidecar)
+        return fetched
+
+    def _fetch_sidecar(self, name: str, pair: tuple[bytes, bytes]) -> Fetched:
+        forge = self.world.forge
+        if not forge.up:
+            return UpstreamError(f"GET {name}: connect failed (forge down)")
+        if forge.fault is not None:
+            return UpstreamError(f"GET {name}: {FORGE_FAULTS[forge.fault]}")
+        return pair
+
     def _build_time(self) -> tuple[bytes, bytes]:
         """The artifact baked into the CP's closure: one release behind the newest
         (the first deployment bakes the first release)."""
         forge = self.world.forge
         release = forge.build_time or forge.latest
         assert release is not None, "the CP starts after release 0"
-        return release.raw, release.sig
+        raw = release.raw if self.bake is None else self.bake(release.raw)
+        return raw, release.sig
 
     # --- requests (the aiohttp app's gates, then the handler's call) -------------------
 
@@ -310,7 +372,10 @@ class SimCp:
         service, lifecycle = self.service, self.lifecycle
         assert service is not None and lifecycle is not None
         before = service.snapshot
-        run_job(name, lambda: job(lifecycle, self.clock.now()))
+        with _poll_failures() as refused:
+            run_job(name, lambda: job(lifecycle, self.clock.now()))
+        for upstream, reason in refused:
+            self.world.record("poll-failed", None, upstream=upstream, reason=reason)
         after = service.snapshot
         if after is not None and after is not before:
             self.world.record(
@@ -333,7 +398,7 @@ class SimCp:
             self.world.record("sweep", None, rolled_back=expired)
 
     def _poll(self, lifecycle: Lifecycle, now: datetime) -> None:
-        lifecycle.poll({CHANNEL_REFS: self._fetch()}, now=now)
+        lifecycle.poll(self._fetch_all(), now=now)
 
     @staticmethod
     def _prune(lifecycle: Lifecycle, now: datetime) -> None:

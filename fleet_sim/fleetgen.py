@@ -23,14 +23,25 @@ from nixfleet.core.closure import NIX_BASE32
 from nixfleet.core.fleet import parse_fleet
 from nixfleet.core.hostkey import public_key_of
 from nixfleet.core.manifest import manifest_bytes, project_manifests, rollout_id
-from nixfleet.core.signing import PrivateKey, private_key_from_seed, public_key_json, sign
+from nixfleet.core.signing import (
+    ECDSA_P256,
+    ED25519,
+    P256_ORDER,
+    PrivateKey,
+    private_key_from_seed,
+    public_key_json,
+    seed_len,
+    sign,
+)
 from nixfleet.core.timeutil import format_instant
 
 
 def seeded_key(algorithm: str, label: str) -> PrivateKey:
     """A key derived from a label: the same label gives the same key (tests, sims)."""
-    seed = hashlib.sha256(f"nixfleet-test-key:{algorithm}:{label}".encode()).digest()
-    return private_key_from_seed(algorithm, seed)
+    text = f"nixfleet-test-key:{algorithm}:{label}".encode()
+    # sha256 for ed25519 (the keys every fixture already has); P-256 wants more bytes.
+    seed = hashlib.sha256(text).digest() if algorithm == ED25519 else hashlib.sha512(text).digest()
+    return private_key_from_seed(algorithm, seed[: seed_len(algorithm)])
 
 
 def host_key(hostname: str) -> Ed25519PrivateKey:
@@ -74,6 +85,10 @@ class ReleaseKit:
 
     algorithm: str = "ed25519"
     label: str = "fleet"
+    high_s: bool = False
+    """P-256 only: emit signatures as their high-s twin (r, n−s), as TPM2_Sign does
+    about half the time (seed 000 `BadSignature`); while set always high, so every
+    verify takes the normalising path."""
     release_key: PrivateKey = field(init=False)
     org_root_key: Ed25519PrivateKey = field(init=False)
 
@@ -94,7 +109,11 @@ class ReleaseKit:
     def sign(self, doc: Mapping[str, Any]) -> tuple[bytes, bytes]:
         """Canonical bytes and their raw signature, as CI publishes them."""
         raw = canonical_bytes(doc)
-        return raw, sign(self.release_key, raw)
+        return raw, self._sign(raw)
+
+    def _sign(self, message: bytes) -> bytes:
+        sig = sign(self.release_key, message)
+        return p256_twin(sig) if self.high_s and self.algorithm == ECDSA_P256 else sig
 
     def sign_manifests(self, fleet_raw: bytes) -> dict[str, tuple[str, bytes, bytes]]:
         """CI's rollout manifests for a signed fleet: channel → (rolloutId, bytes, sig)."""
@@ -102,8 +121,29 @@ class ReleaseKit:
         out = {}
         for channel, manifest in project_manifests(fleet, fleet_raw).items():
             body = manifest_bytes(manifest)
-            out[channel] = (rollout_id(manifest), body, sign(self.release_key, body))
+            out[channel] = (rollout_id(manifest), body, self._sign(body))
         return out
+
+
+def p256_twin(sig: bytes) -> bytes:
+    """The other valid P-256 signature of the same message: (r, n − s)."""
+    s = int.from_bytes(sig[32:], "big")
+    return sig[:32] + (P256_ORDER - s).to_bytes(32, "big")
+
+
+TAMPER_OFFSETS: Mapping[str, int] = {
+    "artifact": 50,
+    "artifact-signature": 10,
+    "manifest-payload": 50,
+    "manifest-signature": 10,
+}
+"""What CI's forge may serve tampered (`harness.fleet.TAMPER_MODES`), and the offset of
+the byte flipped (the reference harness's corruption offsets)."""
+
+
+def flip(data: bytes, offset: int) -> bytes:
+    """`data` with the byte at `offset` XORed with 1."""
+    return data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1 :]
 
 
 def wave_plan(names: Sequence[str], waves: int) -> list[list[str]]:
@@ -182,12 +222,24 @@ def fleet_doc(
 
 
 def revocations_doc(
-    entries: Mapping[str, datetime], *, signed_at: datetime, ci_commit: str
+    entries: Mapping[str, datetime],
+    *,
+    signed_at: datetime,
+    ci_commit: str,
+    reasons: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
+    """The signed revocations sidecar: hostname → notBefore (reason "test" unless
+    `reasons` names one)."""
+    why = reasons or {}
     return {
         "schemaVersion": 1,
         "revocations": [
-            {"hostname": h, "notBefore": format_instant(nb), "reason": "test", "revokedBy": "ci"}
+            {
+                "hostname": h,
+                "notBefore": format_instant(nb),
+                "reason": why.get(h, "test"),
+                "revokedBy": "ci",
+            }
             for h, nb in sorted(entries.items())
         ],
         "meta": meta(signed_at, ci_commit),

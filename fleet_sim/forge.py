@@ -8,10 +8,19 @@ release before the newest one; that is the CP's build-time fallback here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from .fleetgen import ChannelDecl, HostDecl, ReleaseKit, ci_commit, fleet_doc
+from .fleetgen import (
+    TAMPER_OFFSETS,
+    ChannelDecl,
+    HostDecl,
+    ReleaseKit,
+    ci_commit,
+    fleet_doc,
+    flip,
+    revocations_doc,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +41,9 @@ class SimForge:
     fault: str | None = None
     """How the forge misbehaves while up (harness `forge_fault` modes): "down" (503),
     "hang" (no answer: the fetch times out), "unauthorized" (401); None: healthy."""
+    revocations: tuple[bytes, bytes] | None = None
+    """CI's signed revocations sidecar (bytes, signature); None: the fleet has none and
+    the CP is run without `--revocations-artifact-url`."""
 
     def publish(
         self,
@@ -57,6 +69,39 @@ class SimForge:
         release = Release(number, raw, sig, signed_at, ids)
         self.releases.append(release)
         return release
+
+    def publish_revocations(
+        self, entries: Mapping[str, tuple[datetime, str]], *, signed_at: datetime
+    ) -> None:
+        """Sign the revocations sidecar: hostname → (notBefore, reason)."""
+        doc = revocations_doc(
+            {h: nb for h, (nb, _) in entries.items()},
+            signed_at=signed_at,
+            ci_commit=ci_commit(999),
+            reasons={h: why for h, (_, why) in entries.items()},
+        )
+        self.revocations = self.kit.sign(doc)
+
+    def tamper(self, what: str) -> None:
+        """Flip one byte of what the forge serves of the newest release: its artifact or
+        signature, or its rollout manifests' payload or signature (`TAMPER_OFFSETS`); or
+        `manifest-swap`: serve the installed release's manifests under its rollout ids."""
+        latest = self.releases[-1]
+        if what == "manifest-swap":
+            for channel, rid in latest.rollout_ids.items():
+                self.manifests[rid] = self.manifests[self.releases[0].rollout_ids[channel]]
+            return
+        offset = TAMPER_OFFSETS[what]
+        if what == "artifact":
+            self.releases[-1] = replace(latest, raw=flip(latest.raw, offset))
+        elif what == "artifact-signature":
+            self.releases[-1] = replace(latest, sig=flip(latest.sig, offset))
+        for rid in latest.rollout_ids.values():
+            body, sig = self.manifests[rid]
+            if what == "manifest-payload":
+                self.manifests[rid] = (flip(body, offset), sig)
+            elif what == "manifest-signature":
+                self.manifests[rid] = (body, flip(sig, offset))
 
     @property
     def latest(self) -> Release | None:

@@ -57,7 +57,7 @@ from nixfleet.core.checkin import HostView, outgoing
 from nixfleet.core.closure import ClosureHash
 from nixfleet.core.errors import NixfleetError, Unreachable
 from nixfleet.core.manifest_check import check_manifest
-from nixfleet.core.wire import PROBE_FAIL, PROBE_PASS, HealthProbe
+from nixfleet.core.wire import PROBE_FAIL, PROBE_PASS, PROBE_UNKNOWN, HealthProbe
 from nixfleet.cp.endpoints import ClientCert
 from nixfleet.cp.issuance import agent_cn
 
@@ -70,6 +70,8 @@ if TYPE_CHECKING:
     from .world import World
 
 AGENT_VERSION = "sim"
+RESTART_SECS = 10.0
+"""systemd's delay before it restarts an agent that exited (the unit's `RestartSec`)."""
 CERT_AGE = timedelta(days=1)
 """How long before the run each host enrolled (its certificate's notBefore)."""
 
@@ -84,6 +86,8 @@ class HostBehaviour:
     """The new closure's switch-to-configuration exits non-zero."""
     unhealthy_after: int | None = None
     """Closures of this generation or later switch fine but fail their health probe."""
+    probe_delay_secs: float = 0.0
+    """After a switch the probe has no result (`unknown`) for this long."""
     closure_bytes: float = 200e6
 
 
@@ -105,6 +109,8 @@ class SimHost:
         """Index of the profile's current generation (`nix-env --rollback` moves it)."""
         self.current: ClosureHash = closure
         """What the system runs (`/run/current-system`)."""
+        self.switched_at = 0.0
+        """When `current` last changed (a switch or a rollback)."""
         self.persisted: PersistedState | None = None
         self.session: AgentSession | None = None
         self.process: simpy.Process | None = None
@@ -142,6 +148,12 @@ class SimHost:
                 self.session.feed(event, self.clock.now())
         except simpy.Interrupt:
             return
+        except SystemExit as exc:
+            # The daemon exited (no fixed agent does; a mutant may): systemd's
+            # `Restart=always` starts it again after RESTART_SECS.
+            self.up = False
+            self.world.record("agent-exit", self.name, status=exc.code)
+            self.start(delay=RESTART_SECS)
 
     def running(self) -> ClosureHash:
         """What `/run/current-system` names, read the way the daemon reads it."""
@@ -149,6 +161,8 @@ class SimHost:
 
     def _probe(self) -> HealthProbe:
         """The host's one health probe, as the daemon's health checker reports it."""
+        if self.env.now - self.switched_at < self.behaviour.probe_delay_secs:
+            return HealthProbe(name="app", kind="http", status=PROBE_UNKNOWN)
         bad = self.behaviour.unhealthy_after
         failing = bad is not None and self.world.generation_of(self.name, self.current) >= bad
         return HealthProbe(name="app", kind="http", status=PROBE_FAIL if failing else PROBE_PASS)
@@ -159,7 +173,7 @@ class SimHost:
             pending=None,
             uptime_secs=int(self.env.now),
             health_probes=(self._probe(),),
-            health_check_mode="enforce",
+            health_check_mode=self.world.config.health_check_mode,
             sent_at=self.clock.now(),
         )
 
@@ -233,6 +247,7 @@ class SimHost:
                     world.record("activation-failed", name, closure=closure)
                     return SwitchFailed(phase="switch-poll-timeout", exit_code=1)
                 self.current = closure
+                self.switched_at = self.env.now
                 world.record("activated", name, closure=closure, generation=self.generation)
                 return FiredAndPolled()
             case SendConfirm(request=request):
@@ -263,6 +278,7 @@ class SimHost:
                 # nix-env --rollback, then the older generation's own switch.
                 self.generation -= 1
                 self.current = self.profile[self.generation]
+                self.switched_at = self.env.now
                 world.record(
                     "rollback", name, reason=reason, **{"from": before, "to": self.current}
                 )

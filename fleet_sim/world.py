@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import simpy
 
 from nixfleet.core.agent import Phase
 from nixfleet.core.closure import ClosureHash
+from nixfleet.core.signing import ECDSA_P256
 
 from .cache import SimCache
 from .checkers import Final, HostFinal, RolloutFinal, Run
 from .clock import SimClock
 from .cp import SimCp
 from .faults import Fault, compose
-from .fleetgen import ChannelDecl, HostDecl, fake_closure, wave_plan
+from .fleetgen import ChannelDecl, HostDecl, ReleaseKit, fake_closure, wave_plan
 from .forge import SimForge
 from .history import History
 from .host import SimHost
@@ -55,6 +56,14 @@ class SimConfig:
     stop_when_settled: bool = True
     settle_polls: int = 5
     epoch: datetime = EPOCH
+    release_key: str = "ed25519"
+    """CI's release key; `ecdsa-p256` signs every release after 0 high-s (`ReleaseKit.high_s`)."""
+    installed_signed_ago: float = 0.0
+    """How long before the start release 0 was signed (seconds)."""
+    health_check_mode: str = "enforce"
+    """The agents' health-check mode, sent with every checkin."""
+    health_failure_secs: float = 60.0
+    """The CP's H11 threshold (`--health-failure-secs`)."""
 
     def host_names(self) -> list[str]:
         width = len(str(self.hosts))
@@ -74,7 +83,7 @@ class World:
         self.fault_rng = random.Random(self.rng.getrandbits(64))
         self.history = History()
         self.poll_secs = config.poll_secs
-        self.forge = SimForge()
+        self.forge = SimForge(kit=ReleaseKit(algorithm=config.release_key))
         self.cache = SimCache(
             self.env, random.Random(self.rng.getrandbits(64)), bandwidth=config.bandwidth
         )
@@ -103,6 +112,8 @@ class World:
         )
         self.faults = compose(config.faults)
         self.generation = 0
+        self.declared: dict[str, int] = {}
+        """Host → the release generation of the closure the newest release declares."""
         self.settled_at: float | None = None
 
     def record(self, kind: str, host: str | None, **detail: Any) -> None:
@@ -110,21 +121,37 @@ class World:
 
     # --- CI ----------------------------------------------------------------------------
 
-    def release(self, generation: int) -> None:
+    def release(
+        self,
+        generation: int,
+        keep: Collection[str] = (),
+        *,
+        signed_at: datetime | None = None,
+        freshness_window_minutes: int | None = None,
+    ) -> None:
+        """Publish `generation`; hosts in `keep` keep their previously declared closure.
+        `signed_at` defaults to now; the channel's freshnessWindow to ChannelDecl's."""
         self.generation = generation
-        hosts = {name: HostDecl(closure=fake_closure(name, generation)) for name in self.hosts}
+        for name in self.hosts:
+            if name not in keep or name not in self.declared:
+                self.declared[name] = generation
+        hosts = {name: HostDecl(closure=self.target(name)) for name in self.hosts}
         rel = self.forge.publish(
             hosts,
-            signed_at=self.clock.now(),
-            channels={
-                "stable": ChannelDecl(waves=self.waves, soak_minutes=self.config.soak_minutes)
-            },
+            signed_at=signed_at or self.clock.now(),
+            channels={"stable": self._channel(freshness_window_minutes)},
             on_health_failure=self.config.policy,
         )
         self.record("release", None, release=rel.number, rollout=rel.rollout_ids.get("stable"))
 
+    def _channel(self, freshness_window_minutes: int | None) -> ChannelDecl:
+        decl = ChannelDecl(waves=self.waves, soak_minutes=self.config.soak_minutes)
+        if freshness_window_minutes is None:
+            return decl
+        return replace(decl, freshness_window_minutes=freshness_window_minutes)
+
     def target(self, name: str) -> ClosureHash:
-        return ClosureHash(fake_closure(name, self.generation))
+        return ClosureHash(fake_closure(name, self.declared.get(name, self.generation)))
 
     def generation_of(self, name: str, closure: str) -> int:
         """Which release generation a host's closure belongs to (-1: unknown)."""
@@ -215,7 +242,10 @@ class World:
     def boot(self) -> None:
         """Release 0 installed, the CP started, every agent started within one poll."""
         logging.getLogger("nixfleet.cp").setLevel(logging.WARNING)
-        self.release(0)
+        ago = timedelta(seconds=self.config.installed_signed_ago)
+        self.release(0, signed_at=self.clock.now() - ago)
+        # The installed release happened to be signed low-s; every later one high-s.
+        self.forge.kit.high_s = self.config.release_key == ECDSA_P256
         self.cp.start()
         for host in self.hosts.values():
             host.start(delay=self.rng.uniform(0, self.poll_secs))

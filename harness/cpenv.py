@@ -25,14 +25,18 @@ from typing import Any
 import aiohttp
 
 from fleet_sim.fleetgen import (
+    TAMPER_OFFSETS,
     HostDecl,
     ReleaseKit,
     ci_commit,
     fake_closure,
     fleet_doc,
+    flip,
+    meta,
     revocations_doc,
 )
 from nixfleet.agent.csr import build_csr
+from nixfleet.core.signing import ED25519
 from nixfleet.core.token import dump_token, mint_token
 
 from .forge import Forge, ForgeTls
@@ -51,6 +55,7 @@ TABLES = (
 )
 
 CN_SUFFIX = "fleet.test"
+NONCES_FILE = "bootstrap-nonces.json"
 READY_LINE = "control plane listening"
 
 
@@ -58,6 +63,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
+
+
+def _tampered(tamper: str | None, what: str, raw: bytes, sig: bytes) -> tuple[bytes, bytes]:
+    """(`raw`, `sig`) with `tamper`'s byte flipped when it names `what`
+    (`artifact…` or `manifest…`)."""
+    if tamper == what or tamper == f"{what}-payload":
+        return flip(raw, TAMPER_OFFSETS[tamper]), sig
+    if tamper == f"{what}-signature":
+        return raw, flip(sig, TAMPER_OFFSETS[tamper])
+    return raw, sig
 
 
 def free_port() -> int:
@@ -132,10 +147,18 @@ class CpEnv:
     """The argv prefix that runs `nixfleet.cp.main` (`harness.launch` applies a mutant)."""
 
     @classmethod
-    def create(cls, dir: Path, hosts: Mapping[str, HostDecl], *, with_forge: bool = True) -> CpEnv:
+    def create(
+        cls,
+        dir: Path,
+        hosts: Mapping[str, HostDecl],
+        *,
+        with_forge: bool = True,
+        release_key: str = ED25519,
+    ) -> CpEnv:
+        """`release_key`: the algorithm of CI's release key (`ReleaseKit`)."""
         dir.mkdir(parents=True, exist_ok=True)
         pki = Pki.create(dir / "pki", cn_suffix=CN_SUFFIX)
-        kit = ReleaseKit()
+        kit = ReleaseKit(algorithm=release_key)
         releases = dir / "forge"
         releases.mkdir(exist_ok=True)
         forge = None
@@ -172,9 +195,12 @@ class CpEnv:
         signed_at: datetime | None = None,
         name: str = "fleet.resolved.json",
         manifests: bool = True,
+        tamper: str | None = None,
         **fleet_kw: Any,
     ) -> tuple[bytes, bytes]:
-        """Sign a fleet release and put it on the forge (as CI's release commit does)."""
+        """Sign a fleet release and put it on the forge (as CI's release commit does).
+        `tamper` (`fleetgen.TAMPER_OFFSETS`) flips one byte of what is written; the
+        release as signed is returned all the same."""
         if hosts is not None:
             self.hosts.update(hosts)
         self.release_count += 1
@@ -191,10 +217,12 @@ class CpEnv:
         if manifests:
             self.rollouts_dir.mkdir(exist_ok=True)
             for rid, body, manifest_sig in self.kit.sign_manifests(raw).values():
+                body, manifest_sig = _tampered(tamper, "manifest", body, manifest_sig)
                 _write_atomic(self.rollouts_dir / f"{rid}.json", body)
                 _write_atomic(self.rollouts_dir / f"{rid}.json.sig", manifest_sig)
-        _write_atomic(self.releases / name, raw)
-        _write_atomic(self.releases / f"{name}.sig", sig)
+        served, served_sig = _tampered(tamper, "artifact", raw, sig)
+        _write_atomic(self.releases / name, served)
+        _write_atomic(self.releases / f"{name}.sig", served_sig)
         return raw, sig
 
     @property
@@ -202,12 +230,35 @@ class CpEnv:
         """CI's signed rollout manifests, served by the CP's `--rollouts-dir`."""
         return self.dir / "rollouts"
 
-    def publish_revocations(self, entries: Mapping[str, datetime]) -> None:
-        raw, sig = self.kit.sign(
-            revocations_doc(entries, signed_at=datetime.now(UTC), ci_commit=ci_commit(999))
+    def publish_revocations(
+        self, entries: Mapping[str, datetime], *, reasons: Mapping[str, str] | None = None
+    ) -> None:
+        """Sign the revocations sidecar and put it on the forge, signature first, each
+        file replaced atomically (a CP polling meanwhile never reads a torn one)."""
+        doc = revocations_doc(
+            entries, signed_at=datetime.now(UTC), ci_commit=ci_commit(999), reasons=reasons
         )
-        (self.releases / "revocations.json").write_bytes(raw)
-        (self.releases / "revocations.json.sig").write_bytes(sig)
+        raw, sig = self.kit.sign(doc)
+        _write_atomic(self.releases / "revocations.json.sig", sig)
+        _write_atomic(self.releases / "revocations.json", raw)
+
+    def publish_nonces(self, entries: Sequence[Mapping[str, str]] | None) -> None:
+        """Sign the bootstrap-nonces allowlist (`{nonce, hostname, expiresAt}` entries,
+        as `nixfleet mint-token` prints them) and put it on the forge, signature first,
+        each file replaced atomically; None withdraws it (the forge answers 404)."""
+        art, sigp = self.releases / NONCES_FILE, self.releases / f"{NONCES_FILE}.sig"
+        if entries is None:
+            art.unlink(missing_ok=True)
+            sigp.unlink(missing_ok=True)
+            return
+        doc = {
+            "schemaVersion": 1,
+            "bootstrapNonces": [dict(e) for e in entries],
+            "meta": meta(datetime.now(UTC), ci_commit(998)),
+        }
+        raw, sig = self.kit.sign(doc)
+        _write_atomic(sigp, sig)
+        _write_atomic(art, raw)
 
     def write_build_time(self, raw: bytes, sig: bytes) -> tuple[Path, Path]:
         art, sigp = self.dir / "build-time.json", self.dir / "build-time.json.sig"

@@ -67,6 +67,24 @@ AGENT_KILL = "agent-crash"  # host
 AGENT_START = "agent-start"  # host
 FAULT = "fault"  # host? {name, action: start|end}
 CALL = "call"  # host? (the caller) {method, path, as_, status}: a scenario's Fleet.call
+CHECKIN_FAILED = "checkin-failed"  # host {reason}: an agent's checkin got no answer or an error
+NONCES = "nonces"  # {entries}: CI published the bootstrap-nonces allowlist (-1: withdrew it)
+ORG_ROOT = "org-root"  # {current, previous}: trust.json orgRootKey rewritten (read at CP start)
+
+POLL_FAILED = "poll-failed"  # {upstream, reason}: the CP kept its snapshot: fetch failed or refused
+# e.g. reason "bad-signature: …", "future-dated: …" (a VerifyError), "GET …: HTTP 503"
+
+TAMPER_MODES = (
+    "artifact",
+    "artifact-signature",
+    "manifest-payload",
+    "manifest-signature",
+    "manifest-swap",
+)
+"""`Fleet.publish(tamper=…)`: one byte flipped (XOR 1) in what CI's forge serves of the
+release: the fleet artifact at offset 50, its signature at offset 10, each rollout
+manifest's payload at offset 50, its signature at offset 10; or `manifest-swap`: the
+installed release's manifest (validly signed) served under the new rollout id."""
 
 FORGE_MODES = ("ok", "down", "hang", "unauthorized")
 """`Fleet.forge_fault` modes: healthy; every request answered 503; requests held
@@ -91,7 +109,36 @@ class Shape:
     under 30)."""
     confirm_window_polls: float = 6.0
     """The CP's confirm window in agent polls (360 s at a 60 s poll)."""
+    revocations_sidecar: bool = False
+    """The CP polls a signed revocations list on the forge (`--revocations-artifact-url`,
+    published empty before it starts; `Fleet.revoke` adds to it)."""
+    nonce_allowlist: bool = False
+    """The CP requires a signed bootstrap-nonces allowlist on the forge
+    (`--bootstrap-nonces-artifact-url`); CI lists the fleet's own hosts' tokens before it
+    starts, `Fleet.publish_nonces` adds to it."""
+    release_key: str = "ed25519"
+    """CI's release key: `ed25519`, or `ecdsa-p256` signing as a TPM may: the installed
+    release low-s, every later signature (fleet artifacts, manifests) the high-s twin
+    (r, n−s), which TPM2_Sign emits about half the time (seed 000 `BadSignature`)."""
+    installed_signed_ago: float = 0.0
+    """How many seconds before the fleet opened its installed release (0) was signed; a
+    scenario that publishes releases signed in the past needs an older one, since a
+    snapshot never goes back to an older `signedAt`."""
+    probe_mode: str = "enforce"
+    """The agents' health-check mode (`enforce`, `permissive`, `disabled`)."""
+    health_failure_polls: float | None = None
+    """The CP's H11 threshold (`--health-failure-secs`) in polls; None: the backend's
+    default (one poll on `sim`, the 10 s floor, 5 polls, on `local`)."""
     seed: int = 1
+
+
+def flip_closure_digit(raw: bytes) -> bytes:
+    """A signed fleet artifact with one byte XOR 1: the first digit of the first
+    `nixos-system-` closure hash (a digit stays a digit: the JSON and the store basename
+    grammar still hold, the signature does not)."""
+    at = raw.index(b"-nixos-system-") - 32
+    digit = next(i for i in range(at, at + 32) if raw[i : i + 1].isdigit())
+    return raw[:digit] + bytes([raw[digit] ^ 1]) + raw[digit + 1 :]
 
 
 class NotAvailable(Exception):
@@ -128,10 +175,17 @@ class Cp(Protocol):
         """SIGTERM and wait (systemctl stop)."""
 
     def start(self) -> None:
-        """Start and wait until it listens (systemctl start)."""
+        """Start and wait until it listens (systemctl start). Raises CpExited when the
+        process exits instead (a refusal at start-up: bad trust file, foreign schema)."""
 
     def crash(self) -> None:
         """SIGKILL: memory lost, the DB kept."""
+
+    def corrupt_baked(self, on: bool = True) -> None:
+        """From the next start, the artifact baked into the CP's closure (its build-time
+        fallback, the release before the newest) has one byte flipped: a digit of a
+        host's closure hash (`flip_closure_digit`), so it still parses but its signature
+        no longer verifies. `on=False` bakes it intact again."""
 
     def wipe(self) -> None:
         """Seed 001 step 2: delete state.db, -wal, -shm (the CP must be stopped)."""
@@ -177,10 +231,26 @@ class Fleet(Protocol):
         *,
         failing: Iterable[str] = (),
         unhealthy: Iterable[str] = (),
+        keep: Iterable[str] = (),
     ) -> int:
         """Publish the next release (every host a new closure); hosts in `failing` get a
         switch that fails, those in `unhealthy` fail their health probes once switched.
-        Returns the release number (the installed one is 0)."""
+        Hosts in `keep` keep the closure the previous release declared (CI rebuilt
+        nothing for them; every rollout id changes all the same); `unhealthy` then
+        names that kept closure. Returns the release number (the installed one is 0)."""
+
+    def publish(
+        self,
+        *,
+        signed_at: float = 0.0,
+        freshness_window_minutes: int | None = None,
+        tamper: str | None = None,
+    ) -> int:
+        """Publish the next release as `release()` does (every host a new closure, none
+        failing), but signed `signed_at` seconds from now (negative: in the past), with
+        the channel's `freshnessWindow` (default 30 days) and, with `tamper`
+        (TAMPER_MODES), one byte of what the forge serves flipped from the start.
+        Returns the release number."""
 
     def partition(self, hosts: Iterable[str], duration: float) -> None:
         """Cut these hosts off the CP for `duration` seconds (from now)."""
@@ -189,10 +259,25 @@ class Fleet(Protocol):
         """From now on the CP's upstream forge behaves as `mode` (FORGE_MODES); "ok"
         heals it. Recorded as a `forge` fault."""
 
+    def revoke(self, hosts: Iterable[str], *, reason: str = "compromised") -> None:
+        """CI publishes the signed revocations sidecar naming these hosts too (every
+        host revoked so far, `notBefore` now: each cert they hold is revoked). Needs
+        `Shape(revocations_sidecar=True)`; the CP applies it at its next poll."""
+
     def skew_clock(self, host: str, secs: float) -> None: ...
 
     def slow_activation(self, hosts: Iterable[str], secs: float) -> None:
         """From the next release on, these hosts' switches take `secs` seconds."""
+
+    def switch_by_hand(self, host: str) -> str:
+        """An operator deploys a workstation build of the host's declared closure by
+        hand, behind the agent's back: the same `nixos-system-<host>-<gen>` name, another
+        store hash (seed 000 "CP's current closure ≠ artifact's declared"). Returns the
+        closure the host now runs."""
+
+    def slow_probes(self, hosts: Iterable[str], secs: float) -> None:
+        """From now on, after each switch these hosts' health probes give their first
+        result only `secs` seconds later (reported `unknown` meanwhile)."""
 
     def kill_agent(self, host: str) -> None:
         """SIGKILL the host's agent."""
@@ -206,6 +291,15 @@ class Fleet(Protocol):
     def target(self, host: str) -> str | None:
         """What the newest release declares for the host."""
 
+    def generations(self, host: str) -> int:
+        """How many generations the host's system profile holds (`nix-env
+        --list-generations`): each switch to a new closure adds one."""
+
+    def dispatch_record(self, host: str) -> Mapping[str, str] | None:
+        """The dispatch the host's agent holds unconfirmed (its state dir's
+        `last_dispatched`, lifecycle §5.9): `closure`, `rollout`, `dispatched_at`
+        (RFC 3339); None without one."""
+
     def converged(self, hosts: Iterable[str] | None = None) -> bool: ...
 
     def call(
@@ -215,11 +309,38 @@ class Fleet(Protocol):
         *,
         as_: str | None,
         body: object = None,
+        cert: str | None = None,
     ) -> Reply:
         """One request to the CP as a client would send it: `as_` a host name (that
         host's agent certificate), OPERATOR, or None (no client certificate); `body`
         bytes as they are, anything else as JSON. Through the same gates and handlers
-        the agents meet: real mTLS on `local`, the CP's `endpoints` on `sim`."""
+        the agents meet: real mTLS on `local`, the CP's `endpoints` on `sim`.
+
+        `as_` may name a host outside the fleet: it presents a certificate the fleet CA
+        issues for that name now. `cert`: present this certificate PEM (e.g. one
+        `/v1/enroll` just issued) with `as_`'s key instead of the one it holds."""
+
+    # enrollment (`/v1/enroll`, `/v1/agent/renew`; NotAvailable where the CP has none)
+    def mint_token(self, host: str, *, key_of: str | None = None, org_key: int = 0) -> Any:
+        """A fresh bootstrap token for `host` as `nixfleet mint-token` prints it (the JSON
+        value), bound to the SSH host key of `key_of` (default `host`'s own; any name
+        gets a key of its own) and signed with org root key generation `org_key` (0: the
+        fleet's first; see `set_org_root`)."""
+
+    def csr(self, host: str, *, key_of: str | None = None) -> str:
+        """A CSR PEM with CN `host`, signed by `key_of`'s SSH host key (default `host`'s)."""
+
+    def publish_nonces(self, entries: Iterable[Mapping[str, str]] | None) -> None:
+        """CI signs `bootstrap-nonces.json`: the fleet's own hosts' entries plus
+        `entries` (`{nonce, hostname, expiresAt}`, as `mint-token` prints them), replacing
+        the list before; None withdraws it from the forge. Needs
+        `Shape(nonce_allowlist=True)`; the CP applies it at its next poll."""
+
+    def set_org_root(self, current: int, previous: int | None) -> None:
+        """The CP host's trust.json as a redeploy installs it after the rotation recipe:
+        `orgRootKey` of key generation `current` (0: the fleet's first) and `previous`
+        (None: no grace key). The CP reads trust.json per enrollment (protocol §1.3, a
+        broken one answers 500), so it applies to the next `/v1/enroll`."""
 
     def operator(self, cmd: str) -> str:
         """A shell on the CP host (curl | jq, sqlite3, grep on the journal, verbatim);
@@ -242,6 +363,20 @@ class StepTimeout(AssertionError):
 class StepFailed(AssertionError):
     """A scenario step saw what must not be (a wrong status, a missing line): the
     scenario fails with this line."""
+
+
+class CpExited(StepFailed):
+    """`cp.start()`: the CP exited before it listened. A step that expects the refusal
+    catches it; anywhere else the scenario fails with this line."""
+
+    def __init__(self, status: int, output: str, secs: float) -> None:
+        last = output.strip().splitlines()[-3:]
+        super().__init__(f"the CP exited {status} after {secs:.1f} s at start: {' | '.join(last)}")
+        self.status = status
+        self.output = output
+        """Everything the run wrote (stdout and stderr: its journal)."""
+        self.secs = secs
+        """From the start to the exit."""
 
 
 def expect(ok: bool, what: str, saw: object = "") -> None:

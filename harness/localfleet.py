@@ -40,7 +40,7 @@ import os
 import secrets
 import signal
 import subprocess
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -264,6 +264,8 @@ class LocalFleet:
     """The argv prefix that runs `nixfleet.agent.main` (`harness.launch` applies a mutant)."""
     cp_urls: dict[str, str] = field(default_factory=dict)
     """hostname → the CP URL its agent uses, when not the CP's own (e.g. via a proxy)."""
+    agent_path: list[Path] = field(default_factory=list)
+    """Directories put before the agents' PATH (e.g. a `nixos-rebuild` shim)."""
 
     @classmethod
     def create(
@@ -279,6 +281,7 @@ class LocalFleet:
         channel_decls: Mapping[str, ChannelDecl] | None = None,
         start: bool = True,
         enroll_timeout: float = 60.0,
+        release_key: str = "ed25519",
     ) -> LocalFleet:
         """Build, provision and (with `start`) run the fleet; agents have enrolled and
         checked in once when this returns.
@@ -297,7 +300,9 @@ class LocalFleet:
         env: CpEnv | None = None
         fleet: LocalFleet | None = None
         try:
-            env = CpEnv.create(dir / "cp", {n: HostDecl(channel=chan[n]) for n in names})
+            env = CpEnv.create(
+                dir / "cp", {n: HostDecl(channel=chan[n]) for n in names}, release_key=release_key
+            )
             env.extra_args += ["--confirm-deadline-secs", str(confirm_deadline_secs)]
             # The fleet's trust roots also name the binary cache's key (trust.json
             # `cacheKeys`); agents take their trusted-public-keys from there.
@@ -467,6 +472,7 @@ class LocalFleet:
         signed_at: datetime | None,
         on_health_failure: str = "rollback-and-halt",
         channels: Mapping[str, ChannelDecl] | None = None,
+        tamper: str | None = None,
     ) -> Release:
         decls = {
             n: HostDecl(
@@ -480,7 +486,7 @@ class LocalFleet:
         kw: dict[str, Any] = {"on_health_failure": on_health_failure}
         if channels is not None:
             kw["channels"] = channels
-        raw, sig = self.env.publish(decls, signed_at=at, **kw)
+        raw, sig = self.env.publish(decls, signed_at=at, tamper=tamper, **kw)
         rids = {ch: rid for ch, (rid, _b, _s) in self.env.kit.sign_manifests(raw).items()}
         release = Release(
             generation=generation,
@@ -626,6 +632,8 @@ class LocalFleet:
         env = h.root.environ()
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         env.pop("NIXFLEET_AGENT_CP_URL", None)
+        if self.agent_path:
+            env["PATH"] = os.pathsep.join([*map(str, self.agent_path), env["PATH"]])
         log_path = h.dir / f"agent-{len(h.agents)}.log"
         with log_path.open("ab") as log:
             proc = run_in_host(
@@ -648,15 +656,21 @@ class LocalFleet:
         h.killed = True
         return h.agent.stop(sig)
 
-    def start_cp(self, *, timeout: float = 30.0) -> CpProcess:
+    def start_cp(
+        self, *, timeout: float = 30.0, bake: Callable[[bytes], bytes] | None = None
+    ) -> CpProcess:
         """Start the CP with the build-time artifact CI baked into its closure: the
         release before the newest one (seed 000: the release commit lands after the
-        closure is built)."""
+        closure is built). `bake` rewrites the artifact's bytes (e.g. a flipped byte)."""
         if self.cp is not None and self.cp.proc.poll() is None:
             raise RuntimeError(f"the control plane is already running (pid {self.cp.proc.pid})")
         published = list(self.releases.values())
         baked = published[-2] if len(published) >= 2 else None
-        build_time = self.env.write_build_time(baked.raw, baked.sig) if baked else None
+        build_time = (
+            self.env.write_build_time(bake(baked.raw) if bake else baked.raw, baked.sig)
+            if baked
+            else None
+        )
         self.cp = self.env.start(self.env.args(build_time=build_time), timeout=timeout)
         return self.cp
 

@@ -13,8 +13,16 @@ Every command runs under `bash -c` in the CP's state dir (the local
     CP_LOG          the log of the CP's current run (what journalctl shows since its start)
     CP_LOG_DIR      every run's log, cp-0.log, cp-1.log, … (the CP's journal)
     CA_CERT         the fleet CA (the runbook's /etc/nixfleet/cp/ca.pem)
+    TRUST_FILE      the CP's --trust-file (the runbook's /etc/nixfleet/cp/trust.json)
+    CP_ARGS         the current CP run's `serve` flags, shell-quoted (its ExecStart)
     OPERATOR_CERT   an operator's client certificate and key (the runbook's
     OPERATOR_KEY    <CLIENT_CERT_PEM> / <CLIENT_KEY_PEM>)
+    ORG_ROOT_KEY    the org root private key as agenix decrypts it on the operator's
+                    workstation (the runbook's /run/agenix/org-root-key; never on the CP)
+    HOST_KEYS       the hosts' SSH host keys, `$HOST_KEYS/<host>/ssh_host_ed25519_key.pub`
+                    (what the operator reads off a new host for `--csr-pubkey-fingerprint`)
+
+`nixfleet` is the operator CLI, run with the fleet's mutant applied when it has one.
 
 `journalctl` is a stand-in that prints the CP's journal (`-u
 nixfleet-control-plane.service`, `--since=WHEN` as GNU date reads it, e.g. '5 min ago'
@@ -25,8 +33,13 @@ operator's ~/.sqliterc `.timeout`) instead of failing with "database is locked".
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
 
 from harness.cpenv import CpEnv
 from harness.fleet import CommandFailed
@@ -63,6 +76,15 @@ done
 """
 
 
+def serve_args(env: CpEnv) -> list[str]:
+    """The flags after `serve` of the CP's latest run (none before the first)."""
+    if not env.processes:
+        return []
+    raw = env.processes[-1].proc.args
+    argv = [str(a) for a in raw] if isinstance(raw, list | tuple) else [str(raw)]
+    return argv[argv.index("serve") + 1 :] if "serve" in argv else []
+
+
 class OperatorShell:
     def __init__(self, env: CpEnv, home: Path) -> None:
         self.env = env
@@ -74,6 +96,21 @@ class OperatorShell:
         shim.chmod(0o755)
         (home / ".sqliterc").write_text(".timeout 5000\n")
         self.operator = env.operator()
+        self.org_root_key = home / "org-root-key"
+        pem = env.kit.org_root_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        self.org_root_key.touch(mode=0o600)
+        self.org_root_key.write_bytes(pem)
+
+    def use_launcher(self, prefix: Sequence[str]) -> None:
+        """`nixfleet` in the shell runs `prefix nixfleet.cli.main` (harness.launch: with
+        the run's mutant applied, as in the CP and the agents)."""
+        shim = self.home / "bin" / "nixfleet"
+        shim.write_text(f'#!/usr/bin/env bash\nexec {shlex.join(prefix)} nixfleet.cli.main "$@"\n')
+        shim.chmod(0o755)
 
     def environ(self) -> dict[str, str]:
         env = self.env
@@ -81,7 +118,13 @@ class OperatorShell:
         return {
             **os.environ,
             "HOME": str(self.home),
-            "PATH": f"{self.home / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PATH": os.pathsep.join(
+                [
+                    str(self.home / "bin"),
+                    str(Path(sys.executable).parent),
+                    os.environ.get("PATH", ""),
+                ]
+            ),
             "CP_PORT": str(env.port),
             "CP_URL": env.url(""),
             "CP_STATE_DIR": str(env.state_dir),
@@ -89,8 +132,12 @@ class OperatorShell:
             "CP_LOG": str(current),
             "CP_LOG_DIR": str(env.dir),
             "CA_CERT": str(env.pki.ca.cert),
+            "TRUST_FILE": str(env.trust_path),
+            "CP_ARGS": shlex.join(serve_args(env)),
             "OPERATOR_CERT": str(self.operator.cert),
             "OPERATOR_KEY": str(self.operator.key),
+            "ORG_ROOT_KEY": str(self.org_root_key),
+            "HOST_KEYS": str(env.pki.dir / "hosts"),
         }
 
     def run(self, cmd: str, *, timeout: float = 60.0) -> str:

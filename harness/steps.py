@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from .fleet import ACTIVATE, CONFIRM, RELEASE, Fleet
+from .fleet import ACTIVATE, CONFIRM, RELEASE, Fleet, Reply, StepTimeout, expect
 
 
 def pick(fleet: Fleet, fraction: float, *, salt: str = "") -> list[str]:
@@ -40,3 +40,62 @@ def wait_settled(fleet: Fleet, *, polls: float = 60, then: float = 5) -> None:
     stragglers (rollbacks, late confirms) to show in the history."""
     fleet.wait_until(lambda: settled(fleet), fleet.polls(polls), "the rollout to settle")
     fleet.sleep(fleet.polls(then))
+
+
+def dr_restart(fleet: Fleet) -> float:
+    """Seed 001's procedure: stop the CP, delete its DB (+ -wal, -shm), start it again a
+    quarter poll later. Returns the fleet time the CP was started (before it primed)."""
+    fleet.cp.stop()
+    fleet.cp.wipe()
+    fleet.sleep(fleet.polls(0.25))
+    started = fleet.now()
+    fleet.cp.start()
+    return started
+
+
+def ask_cp(
+    fleet: Fleet,
+    method: str,
+    path: str,
+    *,
+    as_: str | None,
+    until: Callable[[Reply], bool],
+    within: float,
+    what: str,
+) -> list[Reply]:
+    """Ask the CP again and again (each a recorded `call`) until a reply satisfies
+    `until`, for at most `within` seconds. Returns every reply, the good one last;
+    StepFailed names `what` and the last reply seen."""
+    replies: list[Reply] = []
+
+    def good() -> bool:
+        replies.append(fleet.call(method, path, as_=as_))
+        return until(replies[-1])
+
+    try:
+        fleet.wait_until(good, within, what)
+    except StepTimeout:
+        last = replies[-1].line() if replies else "no reply"
+        expect(False, f"{what} within {within:g} s", last)
+    return replies
+
+
+def field_of(reply: Reply, key: str) -> object:
+    """`key` of a JSON object reply; None when absent or the body is no JSON object."""
+    try:
+        body = reply.json()
+    except ValueError:
+        return None
+    return body.get(key) if isinstance(body, dict) else None
+
+
+REVOCATIONS_VERIFIED = "revocations poll: list verified"
+
+
+def revocations_verified(fleet: Fleet) -> list[int]:
+    """`entries=` of each `revocations poll: list verified` line in the current CP
+    run's journal (seed 001 Verify 3 greps it; a shell on the CP host)."""
+    import re
+
+    out = fleet.operator(f'grep -F "{REVOCATIONS_VERIFIED}" "$CP_LOG" || true')
+    return [int(m.group(1)) for m in re.finditer(r"entries=(\d+)", out)]

@@ -18,24 +18,34 @@ with its own Nix store in a mount namespace, a signed binary cache and a signed 
 - The history is read from the CP's and agents' logs plus the backend's own actions
   (harness.backends.loghistory); `final()` reads the hosts' links and the CP's tables.
 - `operator(cmd)` is a bash on the CP's host (harness.opshell documents its variables).
+- Every agent finds `nixos-rebuild` on its PATH as NixOS 26.05's `nixos-rebuild-ng`
+  answers the pre-26.05 `--system` flag: exit 2, `unrecognized arguments: --system`
+  (seed 000). The agent must never need it (decisions: `nix-env --set`, then the
+  closure's own `switch-to-configuration`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import secrets
 import shutil
 import signal
 import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from fleet_sim.fleetgen import ChannelDecl, wave_plan
-from harness.cpenv import wait_until
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fleet_sim.fleetgen import ChannelDecl, seeded_key, wave_plan
+from harness.cpenv import CN_SUFFIX, NONCES_FILE, wait_until
 from harness.fleet import (
     AGENT_KILL,
     AGENT_START,
@@ -44,8 +54,13 @@ from harness.fleet import (
     CP_STOP,
     CP_WIPE,
     FAULT,
+    NONCES,
     OPERATOR,
+    ORG_ROOT,
     RELEASE,
+    REVOKE,
+    TAMPER_MODES,
+    CpExited,
     Final,
     History,
     HostFinal,
@@ -53,6 +68,7 @@ from harness.fleet import (
     Reply,
     RolloutFinal,
     Shape,
+    flip_closure_digit,
     wait_loop,
 )
 from harness.forge import ForgeMode
@@ -60,11 +76,22 @@ from harness.launch import launcher
 from harness.localfleet import LocalFleet, host_names
 from harness.nshost import namespaces_available
 from harness.opshell import OperatorShell
+from harness.pki import AgentCert, CertPaths
 from harness.runner import BackendUnavailable
 from harness.tcpproxy import Proxy, ProxyHub
+from nixfleet.agent.csr import build_csr
 from nixfleet.core.agent import MIN_CONFIRM_WINDOW_SECS
+from nixfleet.core.signing import ECDSA_P256, public_key_json
 from nixfleet.core.timeutil import parse_instant
+from nixfleet.core.token import (
+    NONCE_BYTES,
+    dump_token,
+    mint_token,
+    nonce_allowlist_entry,
+    parse_token,
+)
 from nixfleet.cp.config import MIN_HEALTH_FAILURE_SECS
+from nixfleet.cp.issuance import agent_cn
 
 from .loghistory import LogHistory
 
@@ -78,11 +105,31 @@ HEALTH_FAILURE_SECS = MIN_HEALTH_FAILURE_SECS
 WIPE = "rm -rf state.db state.db-wal state.db-shm"
 """Seed 001 step 2, run in the CP's state dir."""
 PROBE = (
+    's=$(cat {slow} 2>/dev/null || echo 0); a=$(( $(date +%s) - $(stat -c %Y {link}) )); '
+    'if [ "$a" -lt "$s" ]; then sleep $((s - a)); fi; '
     'b=$(basename "$(readlink {link})"); n=${{b#*-}}; '
     'if grep -qxF "$n" {marks} 2>/dev/null; then echo "closure $n is unhealthy" >&2; exit 1; fi'
 )
 """The `app` probe: fail while the running system (`nixos-system-<host>-<gen>`, the
-store hash dropped) is listed in the host's `unhealthy` file."""
+store hash dropped) is listed in the host's `unhealthy` file. With `slow_probes` it
+first waits until the current-system link is that many seconds old (its result stays
+`unknown` meanwhile)."""
+PROBE_TIMEOUT_SECS = 60
+"""Above any `slow_probes` delay a scenario asks for."""
+NIXOS_REBUILD_NG = """#!/bin/sh
+# nixos-rebuild-ng (NixOS 26.05) as the agents meet it: `--system` is gone (seed 000).
+for arg in "$@"; do
+  case "$arg" in
+    --system|--system=*)
+      echo "usage: nixos-rebuild [-h] [--store-path STORE_PATH] ... {switch,boot,test,build}" >&2
+      echo "nixos-rebuild: error: unrecognized arguments: --system" >&2
+      exit 2 ;;
+  esac
+done
+echo "nixos-rebuild: not available on the local fleet's hosts" >&2
+exit 1
+"""
+"""The `nixos-rebuild` on every agent's PATH (a shim of nixos-rebuild-ng's argv check)."""
 
 
 def parse_curl_reply(out: bytes) -> Reply:
@@ -115,6 +162,7 @@ def available() -> str | None:
 class LocalCp:
     def __init__(self, fleet: LocalFleetBackend) -> None:
         self.fleet = fleet
+        self.bake: Callable[[bytes], bytes] | None = None
 
     @property
     def running(self) -> bool:
@@ -126,12 +174,25 @@ class LocalCp:
         self.fleet.local.stop_cp()
 
     def start(self) -> None:
-        """The `cp-start` event is the new run's `control plane listening` line."""
-        self.fleet.local.start_cp()
+        """The `cp-start` event is the new run's `control plane listening` line; a run
+        that exits first raises CpExited with its status and output."""
+        env = self.fleet.local.env
+        runs, began = len(env.processes), time.monotonic()
+        try:
+            self.fleet.local.start_cp(bake=self.bake)
+        except RuntimeError:
+            cp = env.processes[-1] if len(env.processes) > runs else None
+            status = None if cp is None else cp.proc.poll()
+            if cp is None or status is None:
+                raise
+            raise CpExited(status, cp.log(), time.monotonic() - began) from None
 
     def crash(self) -> None:
         self.fleet.record(CP_CRASH)
         self.fleet.local.stop_cp(signal.SIGKILL)
+
+    def corrupt_baked(self, on: bool = True) -> None:
+        self.bake = flip_closure_digit if on else None
 
     def wipe(self) -> None:
         if self.running:
@@ -169,6 +230,8 @@ class LocalFleetBackend:
         self._generation = 0
         self._switch_secs: dict[str, float] = {}
         self._healing = threading.Lock()
+        self._revoked: dict[str, tuple[datetime, str]] = {}
+        """Hosts in the revocations sidecar: (notBefore, reason)."""
         self._window = max(MIN_CONFIRM_WINDOW_SECS, round(shape.confirm_window_polls * POLL_SECS))
         try:
             self.local = LocalFleet.create(
@@ -178,10 +241,18 @@ class LocalFleetBackend:
                 confirm_deadline_secs=self._window,
                 channel_decls=self.channels,
                 start=False,
+                release_key=shape.release_key,
+                signed_at=(
+                    datetime.now(UTC) - timedelta(seconds=shape.installed_signed_ago)
+                    if shape.installed_signed_ago
+                    else None
+                ),
             )
         except BaseException:
             self.hub.close()
             raise
+        # The installed release happened to be signed low-s; every later one high-s.
+        self.local.env.kit.high_s = shape.release_key == ECDSA_P256
         self.log = LogHistory(
             self.t0,
             cp_logs=lambda: [p.log_path for p in self.local.env.processes],
@@ -203,15 +274,42 @@ class LocalFleetBackend:
         there is a mutant); returns once each agent has enrolled and checked in (with a
         mutant: has tried to)."""
         self.local.launcher = self.local.env.launcher = launcher(mutant)
-        self.local.env.extra_args += ["--health-failure-secs", str(HEALTH_FAILURE_SECS)]
+        self.shell.use_launcher(launcher(mutant))
+        self.local.agent_path = [self._shims()]
+        failure = HEALTH_FAILURE_SECS
+        if self.shape.health_failure_polls is not None:
+            failure = max(failure, round(self.shape.health_failure_polls * POLL_SECS))
+        self.local.env.extra_args += ["--health-failure-secs", str(failure)]
+        if self.shape.revocations_sidecar:
+            self._publish_revocations()
+            forge = self.local.env.forge
+            assert forge is not None, "the local fleet always has a forge"
+            self.local.env.extra_args += [
+                "--revocations-artifact-url",
+                forge.url("revocations.json"),
+            ]
+        if self.shape.nonce_allowlist:
+            self.publish_nonces(())  # CI lists the fleet's own tokens before the CP starts
+            forge = self.local.env.forge
+            assert forge is not None, "the local fleet always has a forge"
+            self.local.env.extra_args += [
+                "--bootstrap-nonces-artifact-url",
+                forge.url(NONCES_FILE),
+            ]
         for name, h in self.local.hosts.items():
             proxy = self.hub.add(self.local.env.port)
             self.proxies[name] = proxy
             self.local.cp_urls[name] = f"https://127.0.0.1:{proxy.port}"
-            probe = PROBE.format(link=h.root.current_system, marks=self._marks(name))
-            checks = {
-                "exec": [{"name": "app", "command": ["sh", "-c", probe], "intervalSeconds": 5}]
+            probe = PROBE.format(
+                link=h.root.current_system, marks=self._marks(name), slow=self._slow(name)
+            )
+            app = {
+                "name": "app",
+                "command": ["sh", "-c", probe],
+                "intervalSeconds": 5,
+                "timeoutSeconds": PROBE_TIMEOUT_SECS,
             }
+            checks = {"mode": self.shape.probe_mode, "exec": [app]}
             (h.dir / "health-checks.json").write_text(json.dumps(checks))
         self.local.start_cp()
         for name in self.local.hosts:
@@ -252,6 +350,18 @@ class LocalFleetBackend:
     def _rollout(self, generation: int) -> str | None:
         return self.local.release_of(generation).rollout_ids.get(CHANNEL)
 
+    def _shims(self) -> Path:
+        """The dir of the agents' `nixos-rebuild` shim (see NIXOS_REBUILD_NG)."""
+        shims = self.workdir / "shims"
+        shims.mkdir(parents=True, exist_ok=True)
+        shim = shims / "nixos-rebuild"
+        shim.write_text(NIXOS_REBUILD_NG)
+        shim.chmod(0o755)
+        return shims
+
+    def _slow(self, host: str) -> Path:
+        return self.local.host(host).dir / "probe-delay"
+
     def _marks(self, host: str) -> Path:
         return self.local.host(host).dir / "unhealthy"
 
@@ -281,13 +391,27 @@ class LocalFleetBackend:
 
     # --- CI and the hosts -----------------------------------------------------------------
 
-    def release(self, *, failing: Iterable[str] = (), unhealthy: Iterable[str] = ()) -> int:
+    def release(
+        self,
+        *,
+        failing: Iterable[str] = (),
+        unhealthy: Iterable[str] = (),
+        keep: Iterable[str] = (),
+    ) -> int:
         failing, unhealthy = set(failing), set(unhealthy)
+        previous = self.local.release_of(self._generation).closures
+        kept = {name: previous[name] for name in set(keep) & set(previous)}
         self._generation += 1
         n = self._generation
+        built = [name for name in self.hosts if name not in kept]
+        closures = self.local.build(
+            n, failing=failing, switch_delay_secs=dict(self._switch_secs), hosts=built
+        )
+        closures.update(kept)
         for name in self.hosts:
-            self._marks(name).write_text(f"nixos-system-{name}-{n}\n" if name in unhealthy else "")
-        closures = self.local.build(n, failing=failing, switch_delay_secs=dict(self._switch_secs))
+            # Names the declared closure (`nixos-system-<host>-<gen>`), kept ones too.
+            bad = closures[name].basename.split("-", 1)[1]
+            self._marks(name).write_text(f"{bad}\n" if name in unhealthy else "")
         at = self.now()
         self.local._publish(
             str(n), closures, signed_at=None, on_health_failure=self.shape.policy,
@@ -295,6 +419,45 @@ class LocalFleetBackend:
         )  # fmt: skip
         self.record(RELEASE, at=at, release=n, rollout=self._rollout(n))
         return n
+
+    def publish(
+        self,
+        *,
+        signed_at: float = 0.0,
+        freshness_window_minutes: int | None = None,
+        tamper: str | None = None,
+    ) -> int:
+        if tamper is not None and tamper not in TAMPER_MODES:
+            raise ValueError(f"tamper {tamper!r} not in {TAMPER_MODES}")
+        self._generation += 1
+        n = self._generation
+        closures = self.local.build(n, switch_delay_secs=dict(self._switch_secs))
+        for name in self.hosts:
+            self._marks(name).write_text("")
+        channels = self.channels
+        if freshness_window_minutes is not None:
+            decl = self.channels[CHANNEL]
+            channels = {CHANNEL: replace(decl, freshness_window_minutes=freshness_window_minutes)}
+        at = self.now()
+        self.local._publish(
+            str(n), closures, signed_at=datetime.now(UTC) + timedelta(seconds=signed_at),
+            on_health_failure=self.shape.policy, channels=channels, tamper=tamper,
+        )  # fmt: skip
+        if tamper == "manifest-swap":
+            self._swap_manifest(n)
+        self.record(RELEASE, at=at, release=n, rollout=self._rollout(n))
+        return n
+
+    def _swap_manifest(self, n: int) -> None:
+        """Serve the installed release's signed manifest under release `n`'s rollout id
+        (before any agent is dispatched `n`: the CP must first poll the forge)."""
+        rollouts = self.local.env.rollouts_dir
+        new, old = self._rollout(n), self._rollout(0)
+        for suffix in (".json", ".json.sig"):
+            data = (rollouts / f"{old}{suffix}").read_bytes()
+            tmp = rollouts / f".{new}{suffix}.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(rollouts / f"{new}{suffix}")
 
     def partition(self, hosts: Iterable[str], duration: float) -> None:
         cut = sorted(set(hosts))
@@ -310,8 +473,35 @@ class LocalFleetBackend:
         for name in cut:
             self.proxies[name].cut_for(duration, healed)
 
+    def revoke(self, hosts: Iterable[str], *, reason: str = "compromised") -> None:
+        if not self.shape.revocations_sidecar:
+            raise NotAvailable("revoke needs Shape(revocations_sidecar=True)")
+        at = datetime.now(UTC)
+        for name in sorted(set(hosts)):
+            self._revoked[name] = (at, reason)
+            self.record(REVOKE, name, reason=reason, source="sidecar")
+        self._publish_revocations()
+
+    def _publish_revocations(self) -> None:
+        """CI's signed sidecar: every host revoked so far."""
+        self.local.env.publish_revocations(
+            {name: at for name, (at, _) in self._revoked.items()},
+            reasons={name: why for name, (_, why) in self._revoked.items()},
+        )
+
     def skew_clock(self, host: str, secs: float) -> None:
         raise NotAvailable("the local agents run on this machine's clock (use --backend sim)")
+
+    def switch_by_hand(self, host: str) -> str:
+        raise NotAvailable("a hand-deployed workstation build is simulated only (use sim)")
+
+    def slow_probes(self, hosts: Iterable[str], secs: float) -> None:
+        """The probe waits until the current-system link is `secs` old (whole seconds,
+        rounded up; above 60 s the agent would time it out)."""
+        if secs > PROBE_TIMEOUT_SECS:
+            raise ValueError(f"slow_probes: {secs} s is above the probe timeout")
+        for name in hosts:
+            self._slow(name).write_text(f"{math.ceil(secs)}\n")
 
     def slow_activation(self, hosts: Iterable[str], secs: float) -> None:
         """Built into the next releases' closures: the switch sleeps `secs`, lock held,
@@ -335,6 +525,19 @@ class LocalFleetBackend:
     def target(self, host: str) -> str | None:
         return self.local.release_of(self._generation).basename(host)
 
+    def generations(self, host: str) -> int:
+        return len(self.local.host(host).generations())
+
+    def dispatch_record(self, host: str) -> Mapping[str, str] | None:
+        d = self.local.host(host).last_dispatched()
+        if d is None:
+            return None
+        return {
+            "closure": str(d.get("closureHash")),
+            "rollout": str(d.get("rolloutId")),
+            "dispatched_at": str(d.get("dispatchedAt")),
+        }
+
     def converged(self, hosts: Iterable[str] | None = None) -> bool:
         names = self.hosts if hosts is None else hosts
         return all(self.current(h) == self.target(h) for h in names)
@@ -343,12 +546,22 @@ class LocalFleetBackend:
         h = self.local.host(host)
         return bool(h.agents) and h.agent.running()
 
-    def call(self, method: str, path: str, *, as_: str | None, body: object = None) -> Reply:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        as_: str | None,
+        body: object = None,
+        cert: str | None = None,
+    ) -> Reply:
         """curl with the fleet CA and the caller's certificate, straight to the CP's
-        port (not through a host's proxy). A host's certificate is a fresh one from the
-        fleet CA for that host, as a renewal would give it."""
+        port (not through a host's proxy). A host's certificate is the one its agent
+        holds (enrolled or renewed; so a revocation since then refuses it, as on `sim`),
+        or, before it has one (or outside the fleet), a fresh one from the fleet CA for
+        that host; `cert` a PEM given with the host's key."""
         env = self.local.env
-        cert = None if as_ is None else env.operator() if as_ == OPERATOR else env.agent(as_)
+        client = self._client_cert(as_, cert)
         caller = None if as_ in (None, OPERATOR) else as_
         extra = ["-X", method, "-D", "-"]
         if body is not None:
@@ -356,11 +569,36 @@ class LocalFleetBackend:
             extra += ["-H", "content-type: application/json", "--data-binary", "@-"]
         else:
             raw = b""
-        argv = env.curl(path, *extra, cert=cert)
+        argv = env.curl(path, *extra, cert=client)
         res = subprocess.run(argv, input=raw, capture_output=True, timeout=30)
         reply = parse_curl_reply(res.stdout)
         self.record(CALL, caller, method=method, path=path, as_=as_, status=reply.status)
         return reply
+
+    def _client_cert(self, as_: str | None, pem: str | None) -> CertPaths | AgentCert | None:
+        if pem is not None:
+            return self._given_cert(as_, pem)
+        if as_ is None:
+            return None
+        return self.local.env.operator() if as_ == OPERATOR else self._cert(as_)
+
+    def _given_cert(self, host: str | None, pem: str) -> CertPaths:
+        """`pem` with `host`'s key, in a file curl can read."""
+        if host is None or host == OPERATOR:
+            raise ValueError("a given certificate needs the host whose key it certifies")
+        key = self.local.env.pki.host_key(host).tls_key
+        path = self.workdir / "call-certs" / f"{host}-{secrets.token_hex(4)}.pem"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(pem)
+        return CertPaths(cert=path, key=key, cn=agent_cn(host, CN_SUFFIX))
+
+    def _cert(self, host: str) -> CertPaths | AgentCert:
+        if host not in self.local.hosts:  # outside the fleet: a fresh cert for the name
+            return self.local.env.agent(host)
+        h = self.local.host(host)
+        if h.client_cert.exists():
+            return CertPaths(cert=h.client_cert, key=h.key.tls_key, cn=agent_cn(host, CN_SUFFIX))
+        return self.local.env.agent(host)
 
     def forge_fault(self, mode: str) -> None:
         forge = self.local.env.forge
@@ -376,6 +614,54 @@ class LocalFleetBackend:
 
     def operator(self, cmd: str) -> str:
         return self.shell.run(cmd)
+
+    # --- enrollment -------------------------------------------------------------------------
+
+    def mint_token(self, host: str, *, key_of: str | None = None, org_key: int = 0) -> Any:
+        token = mint_token(
+            hostname=host,
+            expected_pubkey_fingerprint=self.local.env.pki.host_key(key_of or host).fingerprint,
+            org_root_key=self._org_key(org_key),
+            now=datetime.now(UTC),
+            nonce_bytes=secrets.token_bytes(NONCE_BYTES),
+        )
+        return dump_token(token)
+
+    def csr(self, host: str, *, key_of: str | None = None) -> str:
+        key = self.local.env.pki.host_key(key_of or host)
+        return build_csr(key.private_key.read_bytes(), host)
+
+    def publish_nonces(self, entries: Iterable[Mapping[str, str]] | None) -> None:
+        if not self.shape.nonce_allowlist:
+            raise NotAvailable("publish_nonces needs Shape(nonce_allowlist=True)")
+        if entries is None:
+            self.local.env.publish_nonces(None)
+            self.record(NONCES, entries=-1)
+            return
+        own = [
+            nonce_allowlist_entry(parse_token(json.loads(h.token_file.read_text())))
+            for h in self.local.hosts.values()
+        ]
+        listed = own + [dict(e) for e in entries]
+        self.local.env.publish_nonces(listed)
+        self.record(NONCES, entries=len(listed))
+
+    def set_org_root(self, current: int, previous: int | None) -> None:
+        trust = json.loads(self.local.env.trust_path.read_text())
+        slot: dict[str, Any] = {"current": public_key_json(self._org_key(current))}
+        if previous is not None:
+            slot["previous"] = public_key_json(self._org_key(previous))
+        trust["orgRootKey"] = slot
+        self.local.env.trust_path.write_text(json.dumps(trust))
+        self.record(ORG_ROOT, current=current, previous=previous)
+
+    def _org_key(self, generation: int) -> Ed25519PrivateKey:
+        """Org root key `generation`: 0 is the fleet's; later ones as a rotation mints."""
+        if generation == 0:
+            return self.local.env.kit.org_root_key
+        key = seeded_key("ed25519", f"org-root:{generation}")
+        assert isinstance(key, Ed25519PrivateKey)
+        return key
 
     # --- waiting ----------------------------------------------------------------------------
 

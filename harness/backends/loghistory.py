@@ -18,13 +18,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fleet_sim.cp import POLL_FAILED as POLL_FAILED_LINE
 from harness.fleet import (
     ACTIVATE,
     ACTIVATION_FAILED,
     CHECKIN,
+    CHECKIN_FAILED,
     CONFIRM,
     CP_START,
     DISPATCH,
+    POLL_FAILED,
     ROLLBACK,
     SNAPSHOT,
     Event,
@@ -36,6 +39,7 @@ ACTIVATION_OK = ("FiredAndPolled", "DeferredPendingReboot")
 """Activation outcomes that are not failures (agent_events)."""
 
 _CP_RULES: list[tuple[re.Pattern[str], str]] = [
+    (POLL_FAILED_LINE, "poll-failed"),
     (re.compile(r"control plane listening .*ready=(?P<ready>\S+)"), "listening"),
     (
         re.compile(
@@ -82,6 +86,7 @@ _AGENT_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"activation outcome=(?P<outcome>\w+) closure=(?P<closure>\S+)"), "outcome"),
     (re.compile(r"\brollback reason=(?P<reason>.*) rollout=(?P<rollout>\S+)$"), "rollback"),
     (re.compile(r"\brollback failed\b"), "rollback-failed"),
+    (re.compile(r"\bcheckin failed reason=(?P<reason>.*)$"), "checkin-failed"),
 ]
 
 
@@ -208,6 +213,9 @@ class LogHistory:
                     )
                 case "checkin":
                     return Event(t, CHECKIN, host, {"closure": g["closure"]})
+                case "poll-failed":
+                    why = {"upstream": g["upstream"], "reason": g["reason"]}
+                    return Event(t, POLL_FAILED, None, why)
                 case "dispatch":
                     self._dispatched[(str(host), g["rollout"])] = g["closure"]
                     detail: dict[str, Any] = {"rollout": g["rollout"], "closure": g["closure"]}
@@ -247,6 +255,8 @@ class LogHistory:
                     return Event(
                         t, ROLLBACK, src.host, {"reason": g["reason"], "rollout": g["rollout"]}
                     )
+                case "checkin-failed":
+                    return Event(t, CHECKIN_FAILED, src.host, {"reason": g["reason"]})
                 case _:
                     return Event(t, ROLLBACK_FAILED, src.host, {})
         return None

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from datetime import timedelta
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from fleet_sim.cp import CN_SUFFIX
+from fleet_sim.fleetgen import fake_closure
 from fleet_sim.history import History
 from fleet_sim.world import SimConfig, World
 from harness.fleet import (
@@ -21,20 +26,30 @@ from harness.fleet import (
     FAULT,
     FORGE_MODES,
     OPERATOR,
+    REVOKE,
+    TAMPER_MODES,
     Final,
     NotAvailable,
     Reply,
     Shape,
+    flip_closure_digit,
     wait_loop,
 )
 from harness.mutants import injected
+from nixfleet.core.closure import ClosureHash
+from nixfleet.core.timeutil import format_instant
 from nixfleet.cp.endpoints import ClientCert
-from nixfleet.cp.issuance import operator_cn
+from nixfleet.cp.issuance import agent_cn, operator_cn
 
 POLL_SECS = 60.0
 OPERATOR_CERT_AGE = timedelta(days=1)
 WAIT_STEP_SECS = 5.0
 """How often a `wait_until` predicate is asked, in simulated seconds."""
+
+
+NO_ENROLL = (
+    "the simulated CP does not simulate /v1/enroll nor /v1/agent/renew (use --backend local)"
+)
 
 
 def sim_config(shape: Shape) -> SimConfig:
@@ -47,6 +62,10 @@ def sim_config(shape: Shape) -> SimConfig:
         soak_minutes=shape.soak_minutes,
         confirm_window_secs=round(shape.confirm_window_polls * POLL_SECS),
         stop_when_settled=False,
+        release_key=shape.release_key,
+        installed_signed_ago=shape.installed_signed_ago,
+        health_check_mode=shape.probe_mode,
+        health_failure_secs=(shape.health_failure_polls or 1.0) * POLL_SECS,
     )
 
 
@@ -58,10 +77,14 @@ class SimCpHandle:
         self.world.cp.crash()  # a simulated stop loses what a SIGTERM would: memory
 
     def start(self) -> None:
+        """Never raises CpExited: the simulated CP's DB and trust are always sound."""
         self.world.cp.start()
 
     def crash(self) -> None:
         self.world.cp.crash()
+
+    def corrupt_baked(self, on: bool = True) -> None:
+        self.world.cp.bake = flip_closure_digit if on else None
 
     def wipe(self) -> None:
         self.world.cp.wipe_db()
@@ -80,6 +103,9 @@ class SimFleet:
         self.shape = shape
         self.world = World(sim_config(shape))
         self.cp = SimCpHandle(self.world)
+        self._revoked: dict[str, tuple[datetime, str]] = {}
+        if shape.revocations_sidecar:
+            self.world.forge.publish_revocations({}, signed_at=self.world.clock.now())
         self.world.boot()
         # As a real fleet is handed over: running release 0, every agent checked in.
         self.sleep(self.world.poll_secs)
@@ -112,13 +138,42 @@ class SimFleet:
 
     # --- CI and the hosts ----------------------------------------------------------------
 
-    def release(self, *, failing: Iterable[str] = (), unhealthy: Iterable[str] = ()) -> int:
+    def release(
+        self,
+        *,
+        failing: Iterable[str] = (),
+        unhealthy: Iterable[str] = (),
+        keep: Iterable[str] = (),
+    ) -> int:
         failing, unhealthy = set(failing), set(unhealthy)
         generation = self.world.generation + 1
+        self.world.release(generation, keep=set(keep))
         for name, host in self.world.hosts.items():
             host.behaviour.switch_fails = name in failing
-            host.behaviour.unhealthy_after = generation if name in unhealthy else None
-        self.world.release(generation)
+            # The declared closure's generation: a kept closure is an older one.
+            declared = self.world.declared[name]
+            host.behaviour.unhealthy_after = declared if name in unhealthy else None
+        return generation
+
+    def publish(
+        self,
+        *,
+        signed_at: float = 0.0,
+        freshness_window_minutes: int | None = None,
+        tamper: str | None = None,
+    ) -> int:
+        if tamper is not None and tamper not in TAMPER_MODES:
+            raise ValueError(f"tamper {tamper!r} not in {TAMPER_MODES}")
+        world = self.world
+        generation = world.generation + 1
+        for host in world.hosts.values():
+            host.behaviour.switch_fails = False
+            host.behaviour.unhealthy_after = None
+        at = world.clock.now() + timedelta(seconds=signed_at)
+        # Signed and tampered within one simulated instant: the CP never sees it whole.
+        world.release(generation, signed_at=at, freshness_window_minutes=freshness_window_minutes)
+        if tamper is not None:
+            world.forge.tamper(tamper)
         return generation
 
     def _fault(
@@ -147,6 +202,15 @@ class SimFleet:
         self.world.forge.fault = None if mode == "ok" else mode
         self.world.record(FAULT, None, fault="forge", phase="heal" if mode == "ok" else mode)
 
+    def revoke(self, hosts: Iterable[str], *, reason: str = "compromised") -> None:
+        if not self.shape.revocations_sidecar:
+            raise NotAvailable("revoke needs Shape(revocations_sidecar=True)")
+        at = self.world.clock.now()
+        for name in sorted(set(hosts)):
+            self._revoked[name] = (at, reason)
+            self.world.record(REVOKE, name, reason=reason, source="sidecar")
+        self.world.forge.publish_revocations(self._revoked, signed_at=at)
+
     def skew_clock(self, host: str, secs: float) -> None:
         self.world.hosts[host].clock.skew = timedelta(seconds=secs)
         self.world.record(FAULT, host, fault="clock-skew", phase="invoke", secs=secs)
@@ -154,6 +218,20 @@ class SimFleet:
     def slow_activation(self, hosts: Iterable[str], secs: float) -> None:
         for name in hosts:
             self.world.hosts[name].behaviour.activation_secs = (secs, secs)
+
+    def switch_by_hand(self, host: str) -> str:
+        h, declared = self.world.hosts[host], str(self.world.target(host))
+        other = fake_closure(host, f"{declared}/workstation").split("-", 1)[0]
+        built = ClosureHash(f"{other}-{declared.split('-', 1)[1]}")
+        h.profile.append(built)
+        h.generation = len(h.profile) - 1
+        h.current, h.switched_at = built, self.world.env.now
+        self.world.record(FAULT, host, fault="switch-by-hand", phase="invoke", closure=built)
+        return str(built)
+
+    def slow_probes(self, hosts: Iterable[str], secs: float) -> None:
+        for name in hosts:
+            self.world.hosts[name].behaviour.probe_delay_secs = secs
 
     def kill_agent(self, host: str) -> None:
         self.world.hosts[host].crash()
@@ -169,25 +247,71 @@ class SimFleet:
     def target(self, host: str) -> str | None:
         return str(self.world.target(host))
 
+    def generations(self, host: str) -> int:
+        return len(self.world.hosts[host].profile)
+
+    def dispatch_record(self, host: str) -> Mapping[str, str] | None:
+        persisted = self.world.hosts[host].persisted
+        d = persisted.last_dispatched if persisted is not None else None
+        if d is None:
+            return None
+        return {
+            "closure": str(d.closure_hash),
+            "rollout": d.target.rollout_id,
+            "dispatched_at": format_instant(d.dispatched_at),
+        }
+
     def converged(self, hosts: Iterable[str] | None = None) -> bool:
         names = self.hosts if hosts is None else hosts
         return all(self.current(h) == self.target(h) for h in names)
 
-    def call(self, method: str, path: str, *, as_: str | None, body: object = None) -> Reply:
-        if as_ is None:
-            cert = None
-        elif as_ == OPERATOR:
-            cert = ClientCert(operator_cn("harness", "sim"), self.world.epoch - OPERATOR_CERT_AGE)
-        else:
-            cert = self.world.hosts[as_].cert
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        as_: str | None,
+        body: object = None,
+        cert: str | None = None,
+    ) -> Reply:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode() if body else b""
-        status, answer, headers = self.world.cp.call(method, path, cert, raw)
+        client = self._client_cert(as_, cert)
+        status, answer, headers = self.world.cp.call(method, path, client, raw)
         caller = None if as_ in (None, OPERATOR) else as_
         self.world.record(CALL, caller, method=method, path=path, as_=as_, status=status)
         return Reply(status, answer, headers)
 
+    def _client_cert(self, as_: str | None, pem: str | None) -> ClientCert | None:
+        """What the simulated TLS layer verifies of the caller's certificate."""
+        if pem is not None:
+            x = x509.load_pem_x509_certificate(pem.encode())
+            cns = x.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            return ClientCert(str(cns[0].value) if cns else None, x.not_valid_before_utc)
+        if as_ is None:
+            return None
+        if as_ == OPERATOR:
+            return ClientCert(operator_cn("harness", "sim"), self.world.epoch - OPERATOR_CERT_AGE)
+        if as_ in self.world.hosts:
+            return self.world.hosts[as_].cert
+        # A host outside the fleet: a certificate the fleet CA issues for it now.
+        return ClientCert(agent_cn(as_, CN_SUFFIX), self.world.cp.clock.now())
+
     def operator(self, cmd: str) -> str:
         raise NotAvailable("the simulated CP has no host to run a shell on (use --backend local)")
+
+    # --- enrollment: the simulated CP has no /v1/enroll nor /v1/agent/renew -------------
+
+    def mint_token(self, host: str, *, key_of: str | None = None, org_key: int = 0) -> Any:
+        raise NotAvailable(NO_ENROLL)
+
+    def csr(self, host: str, *, key_of: str | None = None) -> str:
+        raise NotAvailable(NO_ENROLL)
+
+    def publish_nonces(self, entries: Iterable[Mapping[str, str]] | None) -> None:
+        raise NotAvailable(NO_ENROLL)
+
+    def set_org_root(self, current: int, previous: int | None) -> None:
+        raise NotAvailable(NO_ENROLL)
 
     # --- waiting -------------------------------------------------------------------------
 

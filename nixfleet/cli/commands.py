@@ -7,6 +7,8 @@ from types import ModuleType
 from . import (
     canonicalize,
     derive_pubkey,
+    diagnose,
+    dr,
     fingerprint,
     keygen,
     mint_operator_cert,
@@ -21,6 +23,8 @@ ALL: list[ModuleType] = [
     mint_token,
     mint_operator_cert,
     revoke,
+    diagnose,
+    dr,
     derive_pubkey,
     fingerprint,
     keygen,

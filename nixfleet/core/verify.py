@@ -112,7 +112,8 @@ def verify_artifact(
         raise VerifyError(
             FUTURE_DATED,
             f"signedAt {signed_at_text} is {-freshness.age_secs(signed_at, now)} s ahead "
-            f"of {format_instant(now)}",
+            f"of {format_instant(now)}, beyond the {freshness.CLOCK_SLACK_SECS} s clock-skew "
+            "tolerance",
         )
     return Verified(
         canonical=canonical,
@@ -136,10 +137,16 @@ def verify_rollout_manifest(
     verified = verify_artifact(
         raw, signature, slot, now=now, window_secs=freshness.MANIFEST_WINDOW_SECS, source=source
     )
-    actual = sha256_hex(verified.canonical)
-    if actual != rollout_id.lower():
+    if not rollout_id_matches(verified.canonical, rollout_id):
+        actual = sha256_hex(verified.canonical)
         raise VerifyError(ROLLOUT_ID_MISMATCH, f"manifest hashes to {actual}, not {rollout_id}")
     return verified
+
+
+def rollout_id_matches(canonical: bytes, rollout_id: str) -> bool:
+    """A rollout manifest is bound to its id: the SHA-256 of its canonical bytes. The
+    one rule the CP's relay and the agent's check share (a renamed manifest fails)."""
+    return sha256_hex(canonical) == rollout_id.lower()
 
 
 @functools.lru_cache(maxsize=64)

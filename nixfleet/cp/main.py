@@ -31,7 +31,7 @@ from .config import CpConfig, add_serve_flags, config_from_args
 from .http import build_app
 from .journal import OperatorJournal
 from .listener import CpSite
-from .migrate import MigrationError
+from .migrate import WIPE_HINT, MigrationError
 from .rollouts import RolloutsDir
 from .runtime import CpRuntime
 from .service import CpService, ServiceSettings
@@ -195,7 +195,7 @@ def _serve(args: argparse.Namespace) -> int:
     except MigrationError as exc:
         # First line exactly refinery's message (seed 000 greps it), then the way out.
         hint = exc.hint
-        if hint is not None and cfg.db_path is not None:
+        if hint == WIPE_HINT and cfg.db_path is not None:
             db = cfg.db_path
             hint = (
                 "hint: this DB was made by another CP version; wipe it (disaster-recovery "

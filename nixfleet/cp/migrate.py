@@ -17,6 +17,9 @@ history row. A divergence leaves the DB untouched and raises:
   (`MigrationMismatch`: same version, other name or checksum);
 - `migration V<n>__<x> is missing from the filesystem` (`MigrationMissing`).
 
+A DB with tables but no history table is not the CP's (another program's, or a schema
+from before migrations): it is refused untouched (`ForeignSchema`).
+
 The message is exactly that one line; the way out (seed 000: wipe the DB, seed 001's
 procedure) is carried separately in `.hint` so the first line stays greppable.
 Migration files must not contain transaction control (BEGIN/COMMIT): the runner wraps
@@ -86,6 +89,25 @@ class MigrationMissing(MigrationError):
     def __init__(self, applied: str) -> None:
         super().__init__(f"migration {applied} is missing from the filesystem")
         self.applied = applied
+
+
+FOREIGN_HINT = (
+    "hint: check --db-path; if it names the CP's own state.db, wipe it "
+    "(disaster-recovery runbook), else point it at the CP's database"
+)
+
+
+class ForeignSchema(MigrationError):
+    """A non-empty DB without a migration history: another program's, or not ours."""
+
+    def __init__(self, tables: Sequence[str]) -> None:
+        shown = ", ".join(tables[:5]) + (", …" if len(tables) > 5 else "")
+        super().__init__(
+            f"state DB holds tables of another schema ({shown}) and no {HISTORY_TABLE}: "
+            "not a nixfleet control plane database",
+            hint=FOREIGN_HINT,
+        )
+        self.tables = tuple(tables)
 
 
 class MigrationLayoutError(MigrationError):
@@ -191,6 +213,17 @@ def _history_exists(conn: sqlite3.Connection) -> bool:
     return row is not None
 
 
+def foreign_tables(conn: sqlite3.Connection) -> list[str]:
+    """The tables of a DB with no migration history (none: an empty, new DB)."""
+    if _history_exists(conn):
+        return []
+    rows = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+        "ORDER BY name"
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
 def applied_migrations(conn: sqlite3.Connection) -> tuple[AppliedMigration, ...]:
     """The history rows in version order (empty when the table does not exist yet)."""
     if not _history_exists(conn):
@@ -249,6 +282,9 @@ def migrate(
     try:
         if conn.in_transaction:
             raise MigrationLayoutError("migrate() needs a connection with no open transaction")
+        foreign = foreign_tables(conn)
+        if foreign:  # never write our schema into a DB we did not create
+            raise ForeignSchema(foreign)
         pending = pending_migrations(applied_migrations(conn), mig_list)
         if not pending:
             return []

@@ -24,6 +24,7 @@ from nixfleet.core.canonical import canonicalize, sha256_hex
 from nixfleet.core.errors import NixfleetError, VerifyError
 from nixfleet.core.gates import GateMode, GateView, first_block, needs_host_states
 from nixfleet.core.hostkey import fingerprint, parse_public_line
+from nixfleet.core.idents import escape_controls
 from nixfleet.core.manifest import manifest_bytes
 from nixfleet.core.observed import Deferral, Observed
 from nixfleet.core.projection import HostCheckin, RolloutRow, project_observed
@@ -41,7 +42,7 @@ from nixfleet.core.snapshot import FleetSnapshot, replaces, snapshot_from_verifi
 from nixfleet.core.timeutil import format_instant
 from nixfleet.core.token import parse_token, verify_token
 from nixfleet.core.trust import Trust
-from nixfleet.core.verify import verify_artifact
+from nixfleet.core.verify import rollout_id_matches, verify_artifact
 
 from . import issuance
 from .api import AWAITING_FLEET, NOT_READY, ApiError, not_ready, unauthorized
@@ -84,6 +85,18 @@ class _Memory:
     """The last clock-skew warning per host whose clock is still off."""
     unrecorded: tuple[str, str] | None = None
     """(signedAt, reason) of a newer artifact refused because it could not be recorded."""
+
+
+def _replayed(hostname: str, nonce: str, at: str) -> ApiError:
+    """A spent token offered again (409), said in the log: `at` is the early check or
+    the atomic record (the token_replay insert) that caught it."""
+    log.warning(
+        "token replay detected at %s host=%s nonce=%s",
+        at,
+        escape_controls(hostname),
+        escape_controls(nonce),
+    )
+    return ApiError(409, "conflict", f"token nonce {nonce} already used")
 
 
 class CpService:
@@ -722,7 +735,7 @@ class CpService:
         token = parse_token(dict(req.token), source="enroll token")
         claims = token.claims
         if store.nonce_used(claims.nonce):
-            raise ApiError(409, "conflict", f"token nonce {claims.nonce} already used")
+            raise _replayed(claims.hostname, claims.nonce, "check")
         allow = self.mem.allowlist
         if allow is not None:
             entry = allow.get(claims.nonce)
@@ -748,7 +761,8 @@ class CpService:
         if self.journal is not None:  # durable before the claim: a 503 leaves it unspent
             self.journal.nonce_spent(claims.nonce, claims.hostname, now=now)
         if not store.record_nonce(claims.nonce, claims.hostname, now=now):
-            raise ApiError(409, "conflict", f"token nonce {claims.nonce} already used")
+            # A concurrent enroll with the same token claimed it since the check above.
+            raise _replayed(claims.hostname, claims.nonce, "record")
         issued = self._issue(
             csr, claims.hostname, now, context=issuance.enroll_context(claims.nonce), requester=None
         )
@@ -999,7 +1013,7 @@ class CpService:
         if found is not None:
             body, sig = found
             # The CP relays CI's signed manifest and checks only that it is the one named.
-            if sha256_hex(canonicalize(body, source=f"rollout {rid}")) != rid:
+            if not rollout_id_matches(canonicalize(body, source=f"rollout {rid}"), rid):
                 raise ApiError(500, "internal", f"manifest source: content does not hash to {rid}")
             return body, sig
         m = snap.manifest_by_id(rid)

@@ -260,3 +260,14 @@ def test_rollout_manifest_id_and_fixed_window() -> None:
         verify_rollout_manifest(raw, sig, SLOT, now=NOW + timedelta(seconds=61),
                                 rollout_id=rollout_id)
     assert err.value.reason == "stale"
+
+
+def test_future_dated_names_the_clock_skew_tolerance() -> None:
+    """Catalogue `harness-future-dated-rejection`: the error names future-dating and the
+    60 s tolerance (an operator must tell a stolen pre-signed key from a skewed clock)."""
+    raw, sig = _signed(doc(signed_at="2025-06-03T12:00:00Z"))
+    with pytest.raises(VerifyError) as caught:
+        verify_artifact(raw, sig, SLOT, now=NOW, window_secs=86400)
+    assert caught.value.reason == "future-dated"
+    assert "172800 s ahead" in str(caught.value)
+    assert "60 s" in str(caught.value) and "tolerance" in str(caught.value)
