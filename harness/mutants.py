@@ -763,3 +763,30 @@ def rollout_id_unbound() -> Iterator[None]:
 
 
 MUTANTS["rollout-id-unbound"] = rollout_id_unbound
+
+
+@contextlib.contextmanager
+def no_poll_after_failed_prime() -> Iterator[None]:
+    """Seed 001 "Recovery > 10× target", Old: a CP whose channel-refs prime failed (the
+    forge down or refusing its token at the restart) serves its fallback and never asks
+    the forge again, so the repair never reaches it and recovery stretches silently."""
+    from nixfleet.cp import lifecycle
+
+    Lc = lifecycle.Lifecycle
+    prime, poll = Lc.prime, Lc.poll
+
+    def primed(self: Any, fetched: Any, *, now: Any) -> None:
+        got = fetched.get(lifecycle.CHANNEL_REFS)
+        self.gave_up = got is None or isinstance(got, lifecycle.UpstreamError)
+        prime(self, fetched, now=now)
+
+    def polled(self: Any, fetched: Any, *, now: Any) -> None:
+        if getattr(self, "gave_up", False):
+            fetched = {k: v for k, v in fetched.items() if k != lifecycle.CHANNEL_REFS}
+        poll(self, fetched, now=now)
+
+    with mock.patch.object(Lc, "prime", primed), mock.patch.object(Lc, "poll", polled):
+        yield
+
+
+MUTANTS["no-poll-after-failed-prime"] = no_poll_after_failed_prime
