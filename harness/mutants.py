@@ -33,7 +33,7 @@ def snapshot_replaced_by_older() -> AbstractContextManager[object]:
     build-time artifact (one release behind) walks the CP back."""
     from nixfleet.cp import service
 
-    return mock.patch.object(service, "replaces", lambda current, signed_at: True)
+    return mock.patch.object(service, "replaces", lambda *_args, **_kwargs: True)
 
 
 @contextlib.contextmanager
@@ -790,3 +790,34 @@ def no_poll_after_failed_prime() -> Iterator[None]:
 
 
 MUTANTS["no-poll-after-failed-prime"] = no_poll_after_failed_prime
+
+
+def snapshot_hash_swapped_apart() -> AbstractContextManager[object]:
+    """Reference `concurrent-checkin` Old: the snapshot and its hash (with the rollout
+    ids projected from it) were swapped separately, so readers between the two saw a
+    torn pair. Put back as the CP's snapshot build: a new fleet goes live with the
+    previous one's hash, rollout ids and manifests; the next poll (the hash now
+    differing from the artifact's) completes the swap."""
+    from dataclasses import replace
+
+    from nixfleet.core.snapshot import FleetSnapshot
+    from nixfleet.cp import service
+
+    build = service.snapshot_from_verified
+    previous: list[FleetSnapshot] = []
+
+    def torn(*args: Any, **kwargs: Any) -> FleetSnapshot:
+        fresh = build(*args, **kwargs)
+        old = previous[-1] if previous else fresh
+        previous.append(fresh)
+        return replace(
+            fresh,
+            fleet_hash=old.fleet_hash,
+            rollout_ids=old.rollout_ids,
+            manifests=old.manifests,
+        )
+
+    return mock.patch.object(service, "snapshot_from_verified", torn)
+
+
+MUTANTS["snapshot-hash-swapped-apart"] = snapshot_hash_swapped_apart

@@ -2,11 +2,13 @@
 to its rolloutId, the SHA-256 of its canonical bytes, and verified over the bytes
 received.
 
-Three releases whose manifest CI's forge serves tampered: a payload byte flipped, a
-signature byte flipped, and the installed release's manifest (validly signed) renamed
-to the new rollout id. Each is dispatched; each real agent that fetches the manifest
+Three releases whose manifest CI's forge serves tampered: the installed release's
+manifest (validly signed) renamed to the new rollout id, a payload byte flipped, a
+signature byte flipped. Each is dispatched; each real agent that fetches the manifest
 gets it refused (the CP relays only a manifest that hashes to its id, the agent
 verifies the signature and the id again) and reports why, and no host switches.
+A host that refused one rollout's manifest is offered the next only once its confirm
+window has run out (30 s on `local`), so the local run takes about a minute and a half.
 """
 
 from harness.fleet import Fleet, Scenario, Shape, expect
@@ -15,9 +17,9 @@ from nixfleet.core.wire import MANIFEST_MISMATCH, MANIFEST_MISSING, MANIFEST_VER
 
 REFUSALS = (MANIFEST_MISSING, MANIFEST_VERIFY_FAILED, MANIFEST_MISMATCH)
 CASES = (
+    ("manifest-swap", "another release's manifest renamed to its rollout id"),
     ("manifest-payload", "a flipped payload byte"),
     ("manifest-signature", "a flipped signature byte"),
-    ("manifest-swap", "another release's manifest renamed to its rollout id"),
 )
 
 

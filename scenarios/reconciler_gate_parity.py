@@ -2,7 +2,10 @@
 
 from harness.fleet import Scenario, Shape, not_written
 
-WHY = "not written yet"
+WHY = (
+    "not written yet: the block-vs-release cases need channel edges in the Shape "
+    "(see channel-edge-successor-release); time ran out"
+)
 
 SCENARIO = Scenario(
     id="reconciler-gate-parity",

@@ -61,7 +61,11 @@ def snapshot_from_verified(verified: Verified, *, source: str) -> FleetSnapshot:
     )
 
 
-def replaces(current: FleetSnapshot | None, signed_at: datetime) -> bool:
+def replaces(current: FleetSnapshot | None, signed_at: datetime, *, source: str) -> bool:
     """An artifact signed at `signed_at` replaces the current snapshot unless it was
-    signed earlier."""
-    return current is None or signed_at >= current.signed_at
+    signed earlier. On a tie the baked (build-time) artifact never displaces what is
+    served: the CP re-offers it every tick, and two artifacts signed in the same second
+    would otherwise take turns."""
+    if current is None or signed_at != current.signed_at:
+        return current is None or signed_at > current.signed_at
+    return source != SOURCE_BUILD_TIME

@@ -202,7 +202,7 @@ class CpService:
         )
         current = self.snapshot
         digest = sha256_hex(verified.canonical)
-        if not replaces(current, verified.signed_at):
+        if not replaces(current, verified.signed_at, source=source):
             # Said once per refused artifact: the build-time one is re-offered every tick.
             if digest not in self.mem.refused:
                 self.mem.refused.add(digest)

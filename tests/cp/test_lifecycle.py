@@ -86,3 +86,18 @@ def test_the_seed_bug_primes_from_the_baked_artifact_until_the_first_poll() -> N
         assert served(lc) == (ci_commit(1), SOURCE_BUILD_TIME)
         lc.poll({CHANNEL_REFS: NEWEST}, now=NOW + timedelta(days=1))
         assert served(lc) == (ci_commit(2), SOURCE_UPSTREAM)
+
+
+def test_a_baked_artifact_signed_in_the_same_second_never_takes_turns() -> None:
+    """Two releases signed at the same instant (CI publishing twice in one second): the
+    upstream one is served and the tick's re-offer of the baked one does not swap it
+    back, poll after poll."""
+    hosts = {"h1": HostDecl(closure=fake_closure("h1", 9))}
+    twin = KIT.sign(fleet_doc(hosts, signed_at=NOW + timedelta(hours=1), ci_commit=ci_commit(9)))
+    lc = lifecycle(Cache())
+    lc.prime({CHANNEL_REFS: twin}, now=NOW + timedelta(days=1))
+    for _ in range(3):
+        lc.tick(now=NOW + timedelta(days=1))
+        assert served(lc) == (ci_commit(9), SOURCE_UPSTREAM)
+        lc.poll({CHANNEL_REFS: twin}, now=NOW + timedelta(days=1))
+        assert served(lc) == (ci_commit(9), SOURCE_UPSTREAM)
