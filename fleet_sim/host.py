@@ -39,6 +39,7 @@ from nixfleet.core.agent import (
     FetchManifest,
     FiredAndPolled,
     ManifestFailed,
+    ManifestOk,
     PersistedState,
     PersistState,
     PollTick,
@@ -225,7 +226,7 @@ class SimHost:
                     )
                 except NixfleetError as exc:
                     return ManifestFailed(kind="missing", reason=f"rollout {rid}: {exc}")
-                return check_manifest(
+                checked = check_manifest(
                     manifest,
                     sig,
                     cp.trust,
@@ -234,6 +235,10 @@ class SimHost:
                     wave_index=wave,
                     now=self.clock.now(),
                 )
+                if isinstance(checked, ManifestOk):
+                    # A simulated host keeps no manifest cache: every one comes from the CP.
+                    world.record("manifest", name, rollout=rid, source="cp")
+                return checked
             case FetchClosure(closure_hash=closure):
                 return (yield from world.cache.fetch(self, closure))
             case Activate(closure_hash=closure):

@@ -68,6 +68,7 @@ AGENT_START = "agent-start"  # host
 FAULT = "fault"  # host? {name, action: start|end}
 CALL = "call"  # host? (the caller) {method, path, as_, status}: a scenario's Fleet.call
 CHECKIN_FAILED = "checkin-failed"  # host {reason}: an agent's checkin got no answer or an error
+MANIFEST = "manifest"  # host {rollout, source}: a rollout manifest verified, from "cache" or "cp"
 NONCES = "nonces"  # {entries}: CI published the bootstrap-nonces allowlist (-1: withdrew it)
 ORG_ROOT = "org-root"  # {current, previous}: trust.json orgRootKey rewritten (read at CP start)
 
@@ -89,6 +90,15 @@ installed release's manifest (validly signed) served under the new rollout id.""
 FORGE_MODES = ("ok", "down", "hang", "unauthorized")
 """`Fleet.forge_fault` modes: healthy; every request answered 503; requests held
 unanswered (a partition); 401 (an expired forge token)."""
+
+FORGE_TRUST = ("flag", "os-store", "none")
+"""`Fleet.forge_trust`: how the CP trusts the forge's private CA: `--upstream-ca`; only
+through the CP host's OS trust store (the public roots plus the forge's CA, as NixOS
+`security.pki.certificateFiles` builds it); not at all (the OS store without it)."""
+
+CACHE_MODES = ("ok", "down")
+"""`Fleet.cache_fault` modes: the hosts' binary cache healthy, or unavailable (every
+substitution fails: a realise of a closure not yet in the host's store fails)."""
 
 
 # --- the fleet a scenario drives ---------------------------------------------------------
@@ -258,6 +268,14 @@ class Fleet(Protocol):
     def forge_fault(self, mode: str) -> None:
         """From now on the CP's upstream forge behaves as `mode` (FORGE_MODES); "ok"
         heals it. Recorded as a `forge` fault."""
+
+    def forge_trust(self, how: str) -> None:
+        """From the CP's next start, it trusts the forge's private CA as `how` says
+        (FORGE_TRUST; "flag" at first). NotAvailable where the forge has no TLS (sim)."""
+
+    def cache_fault(self, mode: str) -> None:
+        """From now on the hosts' binary cache behaves as `mode` (CACHE_MODES); "ok"
+        heals it. Recorded as a `cache` fault."""
 
     def revoke(self, hosts: Iterable[str], *, reason: str = "compromised") -> None:
         """CI publishes the signed revocations sidecar naming these hosts too (every

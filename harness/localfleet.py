@@ -657,11 +657,17 @@ class LocalFleet:
         return h.agent.stop(sig)
 
     def start_cp(
-        self, *, timeout: float = 30.0, bake: Callable[[bytes], bytes] | None = None
+        self,
+        *,
+        timeout: float = 30.0,
+        bake: Callable[[bytes], bytes] | None = None,
+        upstream_ca: bool = True,
+        env: Mapping[str, str] | None = None,
     ) -> CpProcess:
         """Start the CP with the build-time artifact CI baked into its closure: the
         release before the newest one (seed 000: the release commit lands after the
-        closure is built). `bake` rewrites the artifact's bytes (e.g. a flipped byte)."""
+        closure is built). `bake` rewrites the artifact's bytes (e.g. a flipped byte);
+        `upstream_ca=False` leaves `--upstream-ca` off; `env` adds to its environment."""
         if self.cp is not None and self.cp.proc.poll() is None:
             raise RuntimeError(f"the control plane is already running (pid {self.cp.proc.pid})")
         published = list(self.releases.values())
@@ -671,7 +677,8 @@ class LocalFleet:
             if baked
             else None
         )
-        self.cp = self.env.start(self.env.args(build_time=build_time), timeout=timeout)
+        args = self.env.args(build_time=build_time, upstream_ca=upstream_ca)
+        self.cp = self.env.start(args, timeout=timeout, env=env)
         return self.cp
 
     def stop_cp(self, sig: int = signal.SIGTERM) -> int | None:

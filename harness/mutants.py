@@ -821,3 +821,115 @@ def snapshot_hash_swapped_apart() -> AbstractContextManager[object]:
 
 
 MUTANTS["snapshot-hash-swapped-apart"] = snapshot_hash_swapped_apart
+
+
+def module_drops_rollouts_dir() -> AbstractContextManager[object]:
+    """Reference harness-module-rollouts-wire, Old: the CP's module leaves
+    `--rollouts-dir` off the command line, so the CP has no source of CI's signed
+    manifests: it re-serialises what its snapshot projects and has no signature."""
+    from dataclasses import replace
+
+    from nixfleet.cp import config
+
+    parse = config.config_from_args
+
+    def dropped(args: Any) -> config.CpConfig:
+        return replace(parse(args), rollouts_dir=None)
+
+    return mock.patch.object(config, "config_from_args", dropped)
+
+
+MUTANTS["module-drops-rollouts-dir"] = module_drops_rollouts_dir
+
+
+@contextlib.contextmanager
+def snapshot_signature_unchecked() -> Iterator[None]:
+    """Reference `channel_refs_gitops.rs` Old: the CP's forge poll installs an artifact
+    whose signature no trusted key verifies. Put back in the CP's artifact check
+    (`service.verify_artifact`): the signing key is taken as found. The verifier's
+    memo is cleared around it, so no lax result outlives the mutant."""
+    from nixfleet.core import verify
+    from nixfleet.cp import service
+
+    check = service.verify_artifact
+
+    def lax(*args: Any, **kwargs: Any) -> verify.Verified:
+        with mock.patch.object(verify, "_verifying_key", lambda usable, *_: usable[0]):
+            verify._authenticate.cache_clear()
+            try:
+                return check(*args, **kwargs)
+            finally:
+                verify._authenticate.cache_clear()
+
+    with mock.patch.object(service, "verify_artifact", lax):
+        yield
+
+
+MUTANTS["snapshot-signature-unchecked"] = snapshot_signature_unchecked
+
+
+def bundled_roots_only_upstream_tls() -> AbstractContextManager[object]:
+    """Seed 000 "Forgejo poll fails with TLS handshake error", Old: the CP's upstream
+    TLS trusts only a bundled list of public roots (webpki-roots in the reference),
+    ignoring the OS trust store (`SSL_CERT_FILE`) and `--upstream-ca`, so a forge behind
+    a private CA the host trusts is never reached. The distro's Mozilla bundle, read
+    from its fixed path, stands in for the compiled-in list."""
+    import ssl
+    from pathlib import Path
+
+    from nixfleet.cp import runtime
+
+    def bundled(extra_ca: Path | None) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        mozilla = Path("/etc/ssl/certs/ca-certificates.crt")
+        if mozilla.is_file():
+            ctx.load_verify_locations(cafile=str(mozilla))
+        return ctx
+
+    return mock.patch.object(runtime, "upstream_ssl_context", bundled)
+
+
+MUTANTS["bundled-roots-only-upstream-tls"] = bundled_roots_only_upstream_tls
+
+
+def agent_ignores_expired_cert() -> AbstractContextManager[object]:
+    """Seed 001 "Agents don't reconnect", Old: the agent never looks at its certificate's
+    notAfter. It presents the expired one (the CP's TLS layer drops it: the log shows a
+    bare reset, no cause) and never re-enrols with its bootstrap token."""
+    from nixfleet.agent import enroll
+
+    async def never(self: enroll.Identity, now: Any) -> str | None:
+        return None
+
+    return mock.patch.object(enroll.Identity, "reenroll_if_expired", never)
+
+
+MUTANTS["agent-ignores-expired-cert"] = agent_ignores_expired_cert
+
+
+@contextlib.contextmanager
+def manifest_cache_not_persisted() -> Iterator[None]:
+    """Seed 004 manifest_cache, Old: the agent's last-good rollout manifests were lost
+    with the process, so an agent restarted while the CP was gone had none to verify a
+    target against. Put back as the agent's `ManifestCache` keeping them in the
+    process's memory instead of `<state-dir>/rollouts/`."""
+    from nixfleet.agent import statedir
+
+    held: dict[str, tuple[bytes, bytes]] = {}
+
+    def get(self: Any, rollout_id: str) -> tuple[bytes, bytes] | None:
+        self.path(rollout_id)  # the same id check
+        return held.get(rollout_id)
+
+    def put(self: Any, rollout_id: str, raw: bytes, signature: bytes) -> None:
+        self.path(rollout_id)
+        held[rollout_id] = (raw, signature)
+
+    def discard(self: Any, rollout_id: str) -> None:
+        held.pop(rollout_id, None)
+
+    with mock.patch.multiple(statedir.ManifestCache, get=get, put=put, discard=discard):
+        yield
+
+
+MUTANTS["manifest-cache-not-persisted"] = manifest_cache_not_persisted

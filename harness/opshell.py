@@ -13,6 +13,7 @@ Every command runs under `bash -c` in the CP's state dir (the local
     CP_LOG          the log of the CP's current run (what journalctl shows since its start)
     CP_LOG_DIR      every run's log, cp-0.log, cp-1.log, … (the CP's journal)
     CA_CERT         the fleet CA (the runbook's /etc/nixfleet/cp/ca.pem)
+    ROLLOUTS_DIR    CI's signed rollout manifests, as the CP module passes `--rollouts-dir`
     TRUST_FILE      the CP's --trust-file (the runbook's /etc/nixfleet/cp/trust.json)
     CP_ARGS         the current CP run's `serve` flags, shell-quoted (its ExecStart)
     OPERATOR_CERT   an operator's client certificate and key (the runbook's
@@ -132,6 +133,7 @@ class OperatorShell:
             "CP_LOG": str(current),
             "CP_LOG_DIR": str(env.dir),
             "CA_CERT": str(env.pki.ca.cert),
+            "ROLLOUTS_DIR": str(env.rollouts_dir),
             "TRUST_FILE": str(env.trust_path),
             "CP_ARGS": shlex.join(serve_args(env)),
             "OPERATOR_CERT": str(self.operator.cert),

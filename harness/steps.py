@@ -99,3 +99,13 @@ def revocations_verified(fleet: Fleet) -> list[int]:
 
     out = fleet.operator(f'grep -F "{REVOCATIONS_VERIFIED}" "$CP_LOG" || true')
     return [int(m.group(1)) for m in re.finditer(r"entries=(\d+)", out)]
+
+
+def holds_within(fleet: Fleet, predicate: Callable[[], bool], within: float) -> bool:
+    """Wait until `predicate()` holds, at most `within` seconds; whether it does (the
+    caller then fails naming what it saw, which a bare StepTimeout cannot)."""
+    try:
+        fleet.wait_until(predicate, max(within, 0.0), "")
+    except StepTimeout:
+        return False
+    return True

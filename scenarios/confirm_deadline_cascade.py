@@ -2,7 +2,13 @@
 
 from harness.fleet import Scenario, Shape, not_written
 
-WHY = "not written yet"
+WHY = (
+    "needs a design call first: the CP's lint (`--confirm-deadline-secs` ≥ "
+    "MIN_CONFIRM_WINDOW_SECS = 30, nixfleet/cp/config.py) does not know the agents' "
+    "activation budget (agent --switch-timeout-secs, 300 s), so it cannot reject "
+    "T < 310 s as the catalogue's Fixed says; and no Fleet verb restarts the CP with "
+    "another window to show the lint on sim and local"
+)
 
 SCENARIO = Scenario(
     id="confirm-deadline-cascade",

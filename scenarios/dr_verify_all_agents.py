@@ -23,6 +23,7 @@ from harness.fleet import (
     Shape,
     expect,
 )
+from harness.steps import holds_within
 from nixfleet.core.agent import MAX_BACKOFF_EXPONENT
 
 BACK_POLLS = 2.0
@@ -94,14 +95,7 @@ def steps(fleet: Fleet) -> None:
     stopped, restarted = restart_after_a_refusal(fleet)
     start = [e.t for e in fleet.history.of(CP_START)][-1]
     declared = set(fleet.hosts)
-    try:
-        fleet.wait_until(
-            lambda: set(back_at(fleet, start)) >= declared,
-            fleet.polls(WAIT_POLLS),
-            "every declared host to check in again",
-        )
-    except AssertionError:
-        pass  # judged below, naming the hosts
+    holds_within(fleet, lambda: set(back_at(fleet, start)) >= declared, fleet.polls(WAIT_POLLS))
     first = back_at(fleet, start)
     missing = sorted(declared - set(first))
     late = sorted(

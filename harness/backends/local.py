@@ -33,6 +33,7 @@ import secrets
 import shutil
 import signal
 import sqlite3
+import ssl
 import subprocess
 import threading
 import time
@@ -49,11 +50,13 @@ from harness.cpenv import CN_SUFFIX, NONCES_FILE, wait_until
 from harness.fleet import (
     AGENT_KILL,
     AGENT_START,
+    CACHE_MODES,
     CALL,
     CP_CRASH,
     CP_STOP,
     CP_WIPE,
     FAULT,
+    FORGE_TRUST,
     NONCES,
     OPERATOR,
     ORG_ROOT,
@@ -98,7 +101,9 @@ from .loghistory import LogHistory
 POLL_SECS = 2.0
 WAIT_STEP_SECS = 0.2
 CHANNEL = "stable"
-FIRST_CHECKIN = ("checkin ok", "checkin failed")
+FIRST_CHECKIN = ("checkin ok", "checkin failed", "enroll: control plane not ready", "enroll failed")
+"""An agent's first attempt, answered or not (with a mutant the CP may refuse even its
+enrolment, e.g. never ready)."""
 ENROLL_TIMEOUT_SECS = 60.0
 HEALTH_FAILURE_SECS = MIN_HEALTH_FAILURE_SECS
 """The CP's `--health-failure-secs`: 5 polls, the least it accepts."""
@@ -163,6 +168,8 @@ class LocalCp:
     def __init__(self, fleet: LocalFleetBackend) -> None:
         self.fleet = fleet
         self.bake: Callable[[bytes], bytes] | None = None
+        self.trust = "flag"
+        """How the next run trusts the forge's CA (`Fleet.forge_trust`)."""
 
     @property
     def running(self) -> bool:
@@ -179,7 +186,11 @@ class LocalCp:
         env = self.fleet.local.env
         runs, began = len(env.processes), time.monotonic()
         try:
-            self.fleet.local.start_cp(bake=self.bake)
+            self.fleet.local.start_cp(
+                bake=self.bake,
+                upstream_ca=self.trust == "flag",
+                env=self.fleet.os_trust_env(self.trust),
+            )
         except RuntimeError:
             cp = env.processes[-1] if len(env.processes) > runs else None
             status = None if cp is None else cp.proc.poll()
@@ -611,6 +622,40 @@ class LocalFleetBackend:
                 {"ok": ForgeMode.OK, "down": ForgeMode.FAIL, "hang": ForgeMode.HANG}[mode]
             )
         self.record(FAULT, fault="forge", phase="heal" if mode == "ok" else mode)
+
+    def forge_trust(self, how: str) -> None:
+        if how not in FORGE_TRUST:
+            raise ValueError(f"forge trust {how!r} not in {FORGE_TRUST}")
+        self.cp.trust = how
+        self.record(FAULT, fault="forge-trust", phase=how)
+
+    def os_trust_env(self, how: str) -> dict[str, str] | None:
+        """The CP's environment for `how`: with "os-store" and "none", `SSL_CERT_FILE`
+        names the CP host's OS trust store, this machine's public roots with the
+        forge's CA added or not (what the system default context loads)."""
+        if how == "flag":
+            return None
+        forge = self.local.env.forge
+        assert forge is not None, "the local fleet always has a forge"
+        paths = ssl.get_default_verify_paths()
+        system = Path(paths.cafile or paths.openssl_cafile)
+        roots = system.read_bytes() if system.is_file() else b""
+        if how == "os-store":
+            roots += b"\n" + forge.ca_cert.read_bytes()
+        store = self.workdir / "os-trust" / how / "ca-certificates.crt"
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_bytes(roots)
+        return {"SSL_CERT_FILE": str(store), "SSL_CERT_DIR": str(store.parent)}
+
+    def cache_fault(self, mode: str) -> None:
+        if mode not in CACHE_MODES:
+            raise ValueError(f"cache mode {mode!r} not in {CACHE_MODES}")
+        # 503 on every request: Nix gives up on the substituter, the realise fails.
+        if mode == "ok":
+            self.local.cache.heal()
+        else:
+            self.local.cache.outage()
+        self.record(FAULT, fault="cache", phase="heal" if mode == "ok" else mode)
 
     def operator(self, cmd: str) -> str:
         return self.shell.run(cmd)

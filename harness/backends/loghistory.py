@@ -27,6 +27,7 @@ from harness.fleet import (
     CONFIRM,
     CP_START,
     DISPATCH,
+    MANIFEST,
     POLL_FAILED,
     ROLLBACK,
     SNAPSHOT,
@@ -87,6 +88,7 @@ _AGENT_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"\brollback reason=(?P<reason>.*) rollout=(?P<rollout>\S+)$"), "rollback"),
     (re.compile(r"\brollback failed\b"), "rollback-failed"),
     (re.compile(r"\bcheckin failed reason=(?P<reason>.*)$"), "checkin-failed"),
+    (re.compile(r"\bmanifest ok rollout=(?P<rollout>\S+) source=(?P<source>\w+)"), "manifest"),
 ]
 
 
@@ -257,6 +259,10 @@ class LogHistory:
                     )
                 case "checkin-failed":
                     return Event(t, CHECKIN_FAILED, src.host, {"reason": g["reason"]})
+                case "manifest":
+                    return Event(
+                        t, MANIFEST, src.host, {"rollout": g["rollout"], "source": g["source"]}
+                    )
                 case _:
                     return Event(t, ROLLBACK_FAILED, src.host, {})
         return None

@@ -22,6 +22,7 @@ from fleet_sim.fleetgen import fake_closure
 from fleet_sim.history import History
 from fleet_sim.world import SimConfig, World
 from harness.fleet import (
+    CACHE_MODES,
     CALL,
     FAULT,
     FORGE_MODES,
@@ -201,6 +202,15 @@ class SimFleet:
             raise ValueError(f"forge mode {mode!r} not in {FORGE_MODES}")
         self.world.forge.fault = None if mode == "ok" else mode
         self.world.record(FAULT, None, fault="forge", phase="heal" if mode == "ok" else mode)
+
+    def forge_trust(self, how: str) -> None:
+        raise NotAvailable("the simulated forge has no TLS to trust (use --backend local)")
+
+    def cache_fault(self, mode: str) -> None:
+        if mode not in CACHE_MODES:
+            raise ValueError(f"cache mode {mode!r} not in {CACHE_MODES}")
+        self.world.cache.up = mode == "ok"
+        self.world.record(FAULT, None, fault="cache", phase="heal" if mode == "ok" else mode)
 
     def revoke(self, hosts: Iterable[str], *, reason: str = "compromised") -> None:
         if not self.shape.revocations_sidecar:

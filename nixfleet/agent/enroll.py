@@ -13,6 +13,12 @@ Renewal: before a checkin, when less than `--renewal-threshold-fraction` (0.5) o
 the certificate's validity remains, POST `/v1/agent/renew {csrPem}` over mTLS and
 swap the new certificate in; a failure is logged and tried again next checkin.
 
+Expiry (seed 001 "Agents don't reconnect"): a certificate past its notAfter can be
+neither presented (the CP's TLS layer drops it without a reason the agent could read)
+nor renewed. Before a checkin the agent names that cause and re-enrols with the
+bootstrap token, read afresh each time, so a new token the operator deployed is used;
+until that works each checkin fails with the cause and why re-enrolment failed.
+
 The certificate's CN must be the machine id: bare, or `agent-<id>.<suffix>` as the
 CP issues it.
 """
@@ -219,6 +225,28 @@ class Identity:
                 self.cert_path,
             )
             return True
+
+    async def reenroll_if_expired(self, now: datetime) -> str | None:
+        """Re-enrol with the bootstrap token if the certificate has expired; the cause and
+        why re-enrolment failed, or None once the certificate is usable."""
+        info = self.info
+        if info is None or now < info.not_after:
+            return None
+        cause = f"client certificate {self.cert_path} expired at {format_instant(info.not_after)}"
+        if self._token_path is None:
+            return f"{cause}; no --bootstrap-token-file to re-enrol with"
+        try:
+            request = EnrollRequest(token=self.token(), csr_pem=self._csr())
+            new = self._install(await self._ca.enroll(request))
+        except NixfleetError as exc:
+            return f"{cause}; re-enrolment with bootstrap token {self._token_path} failed: {exc}"
+        log.info(
+            "re-enrolled after expiry cn=%s not_after=%s cert=%s",
+            new.cn,
+            format_instant(new.not_after),
+            self.cert_path,
+        )
+        return None
 
     def needs_renewal(self, now: datetime) -> bool:
         return self.info is not None and self.info.needs_renewal(now, self._fraction)

@@ -140,6 +140,11 @@ class Health(Protocol):
 
 
 class CertKeeper(Protocol):
+    async def reenroll_if_expired(self, now: datetime) -> str | None:
+        """Re-enrol if the client certificate has expired; the cause while it cannot be
+        used, or None."""
+        ...
+
     async def renew_if_due(self, now: datetime) -> str | None:
         """Renew the client certificate if due; the failure reason, or None."""
         ...
@@ -293,6 +298,11 @@ class AgentRuntime:
     async def _checkin(self, request: CheckinRequest) -> CheckinOk | CheckinFailed:
         if self.certs is not None:
             at = self.clock.now()
+            # An expired certificate only earns a reset with no reason: say why instead.
+            dead = await self.certs.reenroll_if_expired(at)
+            if dead is not None:
+                log.warning("checkin failed reason=%s", dead)
+                return CheckinFailed(reason=dead)
             failure = await self.certs.renew_if_due(at)
             last = self._renewal_reported_at
             if failure is not None and (last is None or at - last >= RENEWAL_REPORT_INTERVAL):
