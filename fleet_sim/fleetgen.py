@@ -77,6 +77,10 @@ class ChannelDecl:
     soak_minutes: int = 0
     freshness_window_minutes: int = 43200
     compliance_mode: str = "permissive"
+    all_at_once: bool = False
+    """An empty wave list (lifecycle §3.2: every host at once); `waves` is ignored."""
+    gated_by: tuple[str, ...] = ()
+    """Predecessor channels: a `channelEdges` entry `{gates: p, gated: this}` each."""
 
 
 @dataclass(slots=True)
@@ -157,6 +161,18 @@ def wave_plan(names: Sequence[str], waves: int) -> list[list[str]]:
     return [list(names[:first])] + [rest[i : i + per] for i in range(0, len(rest), per)]
 
 
+def planned_channel(
+    names: Sequence[str], waves: int, *, soak_minutes: int = 0, gated_by: Sequence[str] = ()
+) -> ChannelDecl:
+    """A channel of `names` in `waves` planned waves (`wave_plan`); 0: all-at-once."""
+    return ChannelDecl(
+        waves=wave_plan(names, waves) if waves else (),
+        soak_minutes=soak_minutes,
+        all_at_once=waves == 0,
+        gated_by=tuple(gated_by),
+    )
+
+
 def meta(signed_at: datetime, ci_commit: str) -> dict[str, Any]:
     return {"schemaVersion": 1, "signedAt": format_instant(signed_at), "ciCommit": ci_commit}
 
@@ -177,7 +193,7 @@ def fleet_doc(
     waves = {
         name: [
             {"hosts": list(w), "soakMinutes": ch.soak_minutes}
-            for w in (ch.waves or [sorted(h for h, d in hosts.items() if d.channel == name)])
+            for w in _wave_lists(name, ch, hosts)
         ]
         for name, ch in chans.items()
     }
@@ -215,10 +231,21 @@ def fleet_doc(
         "rolloutPolicies": policies,
         "waves": waves,
         "edges": [],
-        "channelEdges": [],
+        "channelEdges": [
+            {"gates": p, "gated": name} for name, ch in chans.items() for p in ch.gated_by
+        ],
         "disruptionBudgets": list(disruption_budgets),
         "meta": meta(signed_at, ci_commit),
     }
+
+
+def _wave_lists(
+    name: str, ch: ChannelDecl, hosts: Mapping[str, HostDecl]
+) -> Sequence[Sequence[str]]:
+    """The channel's waves; default one wave of all its hosts, none when all-at-once."""
+    if ch.all_at_once:
+        return []
+    return ch.waves or [sorted(h for h, d in hosts.items() if d.channel == name)]
 
 
 def revocations_doc(

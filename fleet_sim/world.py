@@ -24,13 +24,28 @@ from .checkers import Final, HostFinal, RolloutFinal, Run
 from .clock import SimClock
 from .cp import SimCp
 from .faults import Fault, compose
-from .fleetgen import ChannelDecl, HostDecl, ReleaseKit, fake_closure, wave_plan
+from .fleetgen import ChannelDecl, HostDecl, ReleaseKit, fake_closure, planned_channel, wave_plan
 from .forge import SimForge
 from .history import History
 from .host import SimHost
 from .network import Latency, Network
 
 EPOCH = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+STABLE = "stable"
+"""The fleet's own channel: `SimConfig.hosts` in `SimConfig.waves`."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimChannel:
+    """A channel besides `stable`: `hosts` hosts named `<name>-<i>`, in `waves` planned
+    waves (0: all-at-once)."""
+
+    name: str
+    hosts: int = 1
+    waves: int = 1
+
+    def host_names(self) -> list[str]:
+        return [f"{self.name}-{i}" for i in range(1, self.hosts + 1)]
 
 
 @dataclass(kw_only=True)
@@ -64,10 +79,25 @@ class SimConfig:
     """The agents' health-check mode, sent with every checkin."""
     health_failure_secs: float = 60.0
     """The CP's H11 threshold (`--health-failure-secs`)."""
+    channels: tuple[SimChannel, ...] = ()
+    """Channels besides `stable`."""
+    channel_edges: tuple[tuple[str, str], ...] = ()
+    """Fleet `channelEdges` as (gates, gated)."""
 
     def host_names(self) -> list[str]:
+        """The `stable` channel's hosts."""
         width = len(str(self.hosts))
         return [f"host-{i:0{width}d}" for i in range(1, self.hosts + 1)]
+
+    def channel_of(self) -> dict[str, str]:
+        """Every host → its channel, `stable`'s hosts first."""
+        out = dict.fromkeys(self.host_names(), STABLE)
+        for ch in self.channels:
+            out.update(dict.fromkeys(ch.host_names(), ch.name))
+        return out
+
+    def gated_by(self, channel: str) -> tuple[str, ...]:
+        return tuple(gates for gates, gated in self.channel_edges if gated == channel)
 
     def wave_plan(self) -> list[list[str]]:
         return wave_plan(self.host_names(), self.waves)
@@ -94,8 +124,9 @@ class World:
             loss=config.loss,
         )
         self.waves = config.wave_plan()
+        self.channel_of = config.channel_of()
         self.hosts: dict[str, SimHost] = {}
-        for name in config.host_names():
+        for name in self.channel_of:
             host = SimHost(
                 self,
                 name,
@@ -135,20 +166,43 @@ class World:
         for name in self.hosts:
             if name not in keep or name not in self.declared:
                 self.declared[name] = generation
-        hosts = {name: HostDecl(closure=self.target(name)) for name in self.hosts}
+        hosts = {
+            name: HostDecl(channel=self.channel_of[name], closure=self.target(name))
+            for name in self.hosts
+        }
         rel = self.forge.publish(
             hosts,
             signed_at=signed_at or self.clock.now(),
-            channels={"stable": self._channel(freshness_window_minutes)},
+            channels=self._channels(freshness_window_minutes),
             on_health_failure=self.config.policy,
         )
-        self.record("release", None, release=rel.number, rollout=rel.rollout_ids.get("stable"))
+        detail: dict[str, Any] = {"rollout": rel.rollout_ids.get(STABLE)}
+        if self.config.channels:
+            detail["rollouts"] = dict(rel.rollout_ids)
+        self.record("release", None, release=rel.number, **detail)
 
-    def _channel(self, freshness_window_minutes: int | None) -> ChannelDecl:
-        decl = ChannelDecl(waves=self.waves, soak_minutes=self.config.soak_minutes)
+    def _channels(self, freshness_window_minutes: int | None) -> dict[str, ChannelDecl]:
+        config = self.config
+        decls = {
+            STABLE: ChannelDecl(
+                waves=self.waves,
+                soak_minutes=config.soak_minutes,
+                gated_by=config.gated_by(STABLE),
+            )
+        }
+        for ch in config.channels:
+            decls[ch.name] = planned_channel(
+                ch.host_names(),
+                ch.waves,
+                soak_minutes=config.soak_minutes,
+                gated_by=config.gated_by(ch.name),
+            )
         if freshness_window_minutes is None:
-            return decl
-        return replace(decl, freshness_window_minutes=freshness_window_minutes)
+            return decls
+        return {
+            name: replace(decl, freshness_window_minutes=freshness_window_minutes)
+            for name, decl in decls.items()
+        }
 
     def target(self, name: str) -> ClosureHash:
         return ClosureHash(fake_closure(name, self.declared.get(name, self.generation)))
@@ -163,7 +217,7 @@ class World:
     @property
     def rollout_id(self) -> str | None:
         latest = self.forge.latest
-        return latest.rollout_ids.get("stable") if latest else None
+        return latest.rollout_ids.get(STABLE) if latest else None
 
     # --- running -----------------------------------------------------------------------
 
@@ -219,8 +273,12 @@ class World:
         states: dict[str, dict[str, str]] = {}
         for row in store.participation_rows():
             states.setdefault(row.rollout_id, {})[row.hostname] = row.host_state
-        order = {str(e.detail.get("rollout")): i for i, e in enumerate(self.history.of("release"))}
-        rows = sorted(store.rollout_rows(), key=lambda r: order.get(r.rollout_id, -1))
+        # Release order; within a release `stable`'s rollout last (`Final.rollout`).
+        order: dict[str, tuple[int, int]] = {}
+        for i, e in enumerate(self.history.of("release")):
+            order.update(dict.fromkeys(map(str, e.detail.get("rollouts", {}).values()), (i, 0)))
+            order[str(e.detail.get("rollout"))] = (i, 1)
+        rows = sorted(store.rollout_rows(), key=lambda r: order.get(r.rollout_id, (-1, 0)))
         return [
             RolloutFinal(
                 rollout_id=ro.rollout_id,

@@ -105,6 +105,18 @@ substitution fails: a realise of a closure not yet in the host's store fails).""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelShape:
+    """A release channel besides `stable` (`Shape.channels`); its hosts are named
+    `<name>-<i>` on every backend (`Fleet.hosts_of`)."""
+
+    name: str
+    hosts: int = 1
+    local_hosts: int = 1
+    waves: int = 1
+    """0: all-at-once (an empty wave list, lifecycle §3.2); else planned as `stable`'s."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Shape:
     """The fleet a scenario needs. Backends scale `hosts` to what they can run
     (`local_hosts` real agents on one machine)."""
@@ -139,6 +151,12 @@ class Shape:
     health_failure_polls: float | None = None
     """The CP's H11 threshold (`--health-failure-secs`) in polls; None: the backend's
     default (one poll on `sim`, the 10 s floor, 5 polls, on `local`)."""
+    channels: tuple[ChannelShape, ...] = ()
+    """Release channels besides `stable` (which keeps `hosts`, `local_hosts`, `waves`
+    and `soak_minutes`; `Fleet.waves` and `Final.waves` are its waves)."""
+    channel_edges: tuple[tuple[str, str], ...] = ()
+    """Fleet `channelEdges` as (gates, gated): `gated` waits for `gates`' rollout to
+    converge (lifecycle §3.4)."""
     seed: int = 1
 
 
@@ -220,6 +238,9 @@ class Fleet(Protocol):
 
     @property
     def waves(self) -> Sequence[Sequence[str]]: ...
+
+    def hosts_of(self, channel: str) -> Sequence[str]:
+        """The hosts on `channel` (`stable` or one of `shape.channels`), sorted."""
 
     @property
     def poll_secs(self) -> float:

@@ -45,7 +45,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleet_sim.fleetgen import ChannelDecl, seeded_key, wave_plan
+from fleet_sim.fleetgen import ChannelDecl, planned_channel, seeded_key, wave_plan
 from harness.cpenv import CN_SUFFIX, NONCES_FILE, wait_until
 from harness.fleet import (
     AGENT_KILL,
@@ -235,6 +235,8 @@ class LocalFleetBackend:
         self._waves = wave_plan(names, shape.waves)
         soak = int(shape.soak_minutes * POLL_SECS / 60)  # polls at 60 s → minutes here
         self.channels = {CHANNEL: ChannelDecl(waves=self._waves, soak_minutes=soak)}
+        self.channel_of = dict.fromkeys(names, CHANNEL)
+        self._add_channels(shape, soak)
         self.cp = LocalCp(self)
         self.hub = ProxyHub()
         self.proxies: dict[str, Proxy] = {}
@@ -247,9 +249,10 @@ class LocalFleetBackend:
         try:
             self.local = LocalFleet.create(
                 workdir / "fleet",
-                names,
+                list(self.channel_of),
                 poll_interval=POLL_SECS,
                 confirm_deadline_secs=self._window,
+                channels=self.channel_of,
                 channel_decls=self.channels,
                 start=False,
                 release_key=shape.release_key,
@@ -273,12 +276,22 @@ class LocalFleetBackend:
             release_of=self._release_of,
         )
         self.shell = OperatorShell(self.local.env, workdir / "operator")
-        self.record(RELEASE, release=0, rollout=self._rollout(0))
+        self.record(RELEASE, release=0, **self._rollouts_of(0))
         try:
             self._start(mutant)
         except BaseException:
             self.close()
             raise
+
+    def _add_channels(self, shape: Shape, soak: int) -> None:
+        """`shape.channels` (hosts `<name>-<i>`), then the channel edges."""
+        for ch in shape.channels:
+            names = [f"{ch.name}-{i}" for i in range(1, ch.local_hosts + 1)]
+            self.channel_of.update(dict.fromkeys(names, ch.name))
+            self.channels[ch.name] = planned_channel(names, ch.waves, soak_minutes=soak)
+        for gates, gated in shape.channel_edges:
+            decl = self.channels[gated]
+            self.channels[gated] = replace(decl, gated_by=(*decl.gated_by, gates))
 
     def _start(self, mutant: str | None) -> None:
         """Proxies and probes, then the CP and every agent (through the launcher when
@@ -361,6 +374,14 @@ class LocalFleetBackend:
     def _rollout(self, generation: int) -> str | None:
         return self.local.release_of(generation).rollout_ids.get(CHANNEL)
 
+    def _rollouts_of(self, generation: int) -> dict[str, Any]:
+        """A `release` event's rollout ids: `stable`'s, and every channel's when the
+        shape declares more."""
+        detail: dict[str, Any] = {"rollout": self._rollout(generation)}
+        if self.shape.channels:
+            detail["rollouts"] = dict(self.local.release_of(generation).rollout_ids)
+        return detail
+
     def _shims(self) -> Path:
         """The dir of the agents' `nixos-rebuild` shim (see NIXOS_REBUILD_NG)."""
         shims = self.workdir / "shims"
@@ -385,6 +406,9 @@ class LocalFleetBackend:
     @property
     def waves(self) -> Sequence[Sequence[str]]:
         return self._waves
+
+    def hosts_of(self, channel: str) -> Sequence[str]:
+        return sorted(h for h, c in self.channel_of.items() if c == channel)
 
     @property
     def poll_secs(self) -> float:
@@ -428,7 +452,7 @@ class LocalFleetBackend:
             str(n), closures, signed_at=None, on_health_failure=self.shape.policy,
             channels=self.channels,
         )  # fmt: skip
-        self.record(RELEASE, at=at, release=n, rollout=self._rollout(n))
+        self.record(RELEASE, at=at, release=n, **self._rollouts_of(n))
         return n
 
     def publish(
@@ -447,8 +471,10 @@ class LocalFleetBackend:
             self._marks(name).write_text("")
         channels = self.channels
         if freshness_window_minutes is not None:
-            decl = self.channels[CHANNEL]
-            channels = {CHANNEL: replace(decl, freshness_window_minutes=freshness_window_minutes)}
+            channels = {
+                name: replace(decl, freshness_window_minutes=freshness_window_minutes)
+                for name, decl in self.channels.items()
+            }
         at = self.now()
         self.local._publish(
             str(n), closures, signed_at=datetime.now(UTC) + timedelta(seconds=signed_at),
@@ -456,7 +482,7 @@ class LocalFleetBackend:
         )  # fmt: skip
         if tamper == "manifest-swap":
             self._swap_manifest(n)
-        self.record(RELEASE, at=at, release=n, rollout=self._rollout(n))
+        self.record(RELEASE, at=at, release=n, **self._rollouts_of(n))
         return n
 
     def _swap_manifest(self, n: int) -> None:

@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from fleet_sim.cp import CN_SUFFIX
 from fleet_sim.fleetgen import fake_closure
 from fleet_sim.history import History
-from fleet_sim.world import SimConfig, World
+from fleet_sim.world import SimChannel, SimConfig, World
 from harness.fleet import (
     CACHE_MODES,
     CALL,
@@ -67,6 +67,8 @@ def sim_config(shape: Shape) -> SimConfig:
         installed_signed_ago=shape.installed_signed_ago,
         health_check_mode=shape.probe_mode,
         health_failure_secs=(shape.health_failure_polls or 1.0) * POLL_SECS,
+        channels=tuple(SimChannel(c.name, c.hosts, c.waves) for c in shape.channels),
+        channel_edges=shape.channel_edges,
     )
 
 
@@ -122,6 +124,9 @@ class SimFleet:
     @property
     def waves(self) -> Sequence[Sequence[str]]:
         return self.world.waves
+
+    def hosts_of(self, channel: str) -> Sequence[str]:
+        return sorted(h for h, c in self.world.channel_of.items() if c == channel)
 
     @property
     def poll_secs(self) -> float:
