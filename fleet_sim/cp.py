@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import simpy
 
+from nixfleet.agent.config import DEFAULT_SWITCH_TIMEOUT_SECS
 from nixfleet.core import protocol, wire
 from nixfleet.core.canonical import sha256_hex
-from nixfleet.core.errors import NixfleetError
+from nixfleet.core.errors import BadInput, NixfleetError
 from nixfleet.core.timeutil import format_instant
 from nixfleet.core.trust import Trust, parse_trust
+from nixfleet.cp import config as cp_config
 from nixfleet.cp import endpoints
 from nixfleet.cp.api import NOT_READY, ApiError
 from nixfleet.cp.endpoints import ClientCert, Peer
@@ -155,7 +157,14 @@ class MemoryCache:
 
 
 class SimCp:
-    def __init__(self, world: World, *, confirm_window_secs: int, agent_poll_secs: float) -> None:
+    def __init__(
+        self,
+        world: World,
+        *,
+        confirm_window_secs: int,
+        agent_poll_secs: float,
+        agent_switch_timeout_secs: float = DEFAULT_SWITCH_TIMEOUT_SECS,
+    ) -> None:
         self.world = world
         self.env: simpy.Environment = world.env
         self.clock = SimClock(world.env, world.epoch)
@@ -166,6 +175,8 @@ class SimCp:
             agent_poll=timedelta(seconds=agent_poll_secs),
             health_failure=timedelta(seconds=world.config.health_failure_secs),
         )
+        self.agent_switch_timeout_secs = agent_switch_timeout_secs
+        self.configure(confirm_window_secs, agent_switch_timeout_secs)
         self.cache = MemoryCache()
         self.bake: Callable[[bytes], bytes] | None = None
         """Rewrites the baked artifact's bytes (a harness fault: one byte flipped)."""
@@ -183,6 +194,17 @@ class SimCp:
             self.env.process(self._every(name, period, job))
 
     # --- lifecycle ------------------------------------------------------------------
+
+    def configure(self, confirm_window_secs: int, agent_switch_timeout_secs: float) -> None:
+        """Set the confirm window (`--confirm-deadline-secs`) and the agents' switch
+        budget (`--agent-switch-timeout-secs`) for the next start, through the CP's own
+        check: BadInput (the line `serve` exits 2 with) leaves the settings as they were."""
+        problem = cp_config.confirm_window_problem(confirm_window_secs, agent_switch_timeout_secs)
+        if problem is not None:
+            raise BadInput(problem)
+        window = timedelta(seconds=confirm_window_secs)
+        self.settings = replace(self.settings, confirm_window=window)
+        self.agent_switch_timeout_secs = agent_switch_timeout_secs
 
     def start(self) -> None:
         """Open (or reopen) the DB and prime, as `nixfleet-control-plane` starts."""

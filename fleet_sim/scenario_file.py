@@ -36,9 +36,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from nixfleet.agent.config import SWITCH_TIMEOUT_BOUNDS
 from nixfleet.core.agent import MIN_CONFIRM_WINDOW_SECS
 from nixfleet.core.errors import ParseError
 from nixfleet.core.fleet import HEALTH_FAILURE_POLICIES
+from nixfleet.cp import config as cp_config
 
 from .faults import FAULTS, Fault
 from .network import Latency
@@ -67,6 +69,10 @@ def _above(low: float) -> Check:
     return lambda v: None if v > low else f"must be > {low:g}, got {v!r}"
 
 
+def _within(low: float, high: float) -> Check:
+    return lambda v: None if low <= v <= high else f"must be ≥ {low:g} and ≤ {high:g}, got {v!r}"
+
+
 def _fraction(v: Any) -> str | None:
     return None if 0.0 <= v <= 1.0 else f"must be within 0..1, got {v!r}"
 
@@ -89,6 +95,7 @@ CONFIG_FIELDS: dict[str, FieldType] = {
     "poll_secs": FieldType("float", check=_above(0)),
     "soak_minutes": FieldType("int", check=_at_least(0)),
     "confirm_window_secs": FieldType("int", check=_at_least(MIN_CONFIRM_WINDOW_SECS)),
+    "agent_switch_timeout_secs": FieldType("float", check=_within(*SWITCH_TIMEOUT_BOUNDS)),
     "release_at": FieldType("float", check=_at_least(0)),
     "activation_secs": FieldType("pair", check=_ordered_pair),
     "latency": FieldType("latency"),
@@ -373,6 +380,12 @@ class Scenario:
         if isinstance(values.get("latency"), Mapping):
             values["latency"] = Latency(**values["latency"])
         config = SimConfig(**values)
+        # The simulated CP refuses it at start as `serve` does; say so as a setting.
+        problem = cp_config.confirm_window_problem(
+            config.confirm_window_secs, config.agent_switch_timeout_secs
+        )
+        if problem is not None:
+            raise ParseError(self.source, "confirm_window_secs", problem)
         check_fault_hosts(config, self.faults, self.source)
         config.faults = [spec.build() for spec in self.faults]
         return config

@@ -15,6 +15,7 @@ from typing import Any
 
 import simpy
 
+from nixfleet.agent.config import DEFAULT_SWITCH_TIMEOUT_SECS
 from nixfleet.core.agent import Phase
 from nixfleet.core.closure import ClosureHash
 from nixfleet.core.signing import ECDSA_P256
@@ -59,6 +60,10 @@ class SimConfig:
     poll_secs: float = 60.0
     soak_minutes: int = 0
     confirm_window_secs: int = 360
+    agent_switch_timeout_secs: float = DEFAULT_SWITCH_TIMEOUT_SECS
+    """The agents' switch budget the CP is told (`--agent-switch-timeout-secs`); the
+    CP refuses a confirm window shorter than it + 10 s. Simulated switches are not cut
+    off at it."""
     release_at: float = 120.0
     """When CI publishes the new release (generation 1); generation 0 runs at start."""
     later_releases_at: tuple[float, ...] = ()
@@ -139,6 +144,7 @@ class World:
         self.cp = SimCp(
             self,
             confirm_window_secs=config.confirm_window_secs,
+            agent_switch_timeout_secs=config.agent_switch_timeout_secs,
             agent_poll_secs=config.poll_secs,
         )
         self.faults = compose(config.faults)

@@ -221,6 +221,14 @@ class Cp(Protocol):
     def sql(self, query: str) -> list[tuple[Any, ...]]:
         """Run a read query against the CP's DB (as the cookbook's sqlite3 does)."""
 
+    def reconfigure(self, *, confirm_window: float, switch_timeout: float) -> None:
+        """Redeploy with this confirm window (`--confirm-deadline-secs`) and agents'
+        switch budget (the CP's `--agent-switch-timeout-secs`, the agents'
+        `--switch-timeout-secs`), in seconds: the CP restarts with them, then the
+        agents. A CP refusing them raises CpExited with its one line (its own check,
+        `nixfleet.cp.config.confirm_window_problem`, on every backend); it is then
+        down and the fleet keeps its previous settings (`start()` starts it so)."""
+
 
 class Fleet(Protocol):
     backend: str
@@ -253,6 +261,13 @@ class Fleet(Protocol):
     def confirm_window(self) -> float:
         """The CP's confirm window in seconds: `shape.confirm_window_polls` polls, or
         the least the CP accepts when that is longer (30 s on `local`)."""
+
+    @property
+    def switch_timeout(self) -> float:
+        """The agents' switch budget in seconds (`--switch-timeout-secs`, which the CP
+        is told): 300 s, the agents' default, on `sim`; the confirm window less 10 s on
+        `local`. On `local` a `slow_activation` longer than it fails (the agent gives the
+        switch up); `sim` never cuts a switch off."""
 
     def now(self) -> float: ...
 

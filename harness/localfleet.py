@@ -26,7 +26,8 @@ enrol at once), the CP starts, and the agents start and enrol.
 Timings are short so that the magic-rollback paths run in seconds: agents poll every
 `poll_interval` (2 s), the CP ticks, sweeps and polls its forge every 1–2 s, and the
 confirm window is `--confirm-deadline-secs` (`confirm_deadline_secs`, 30 s, the
-shortest the CP accepts).
+shortest the CP accepts) and the agents' switch timeout 10 s less (what the CP's
+`--agent-switch-timeout-secs` check accepts).
 Nothing leaves 127.0.0.1; every process is stopped by its own PID.
 """
 
@@ -57,13 +58,13 @@ from harness.pki import HostKey
 from nixfleet.core.agent import MIN_CONFIRM_WINDOW_SECS
 from nixfleet.core.closure import ClosureHash, StorePath
 from nixfleet.core.token import dump_token, mint_token
+from nixfleet.cp.config import CONFIRM_MARGIN_SECS
 
 ROOT = Path(__file__).resolve().parent.parent
 """The project checkout (put on the agents' PYTHONPATH)."""
 
 DEFAULT_POLL_INTERVAL_SECS = 2.0
 DEFAULT_CONFIRM_DEADLINE_SECS = MIN_CONFIRM_WINDOW_SECS
-DEFAULT_SWITCH_TIMEOUT_SECS = 30.0
 INSTALLED_GENERATION = 0
 """The generation every host runs when the fleet is created."""
 
@@ -276,7 +277,7 @@ class LocalFleet:
         channels: Mapping[str, str] | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL_SECS,
         confirm_deadline_secs: int = DEFAULT_CONFIRM_DEADLINE_SECS,
-        switch_timeout_secs: float = DEFAULT_SWITCH_TIMEOUT_SECS,
+        switch_timeout_secs: float | None = None,
         signed_at: datetime | None = None,
         channel_decls: Mapping[str, ChannelDecl] | None = None,
         start: bool = True,
@@ -290,7 +291,8 @@ class LocalFleet:
         `stable`); `signed_at`: of the installed release 0 (default now; a release must
         be signed later than the one before it, so a test publishing a deliberately
         old release creates the fleet with an older one); `channel_decls` apply to
-        release 0 too.
+        release 0 too. `switch_timeout_secs`: the agents' (the CP is told it with
+        `--agent-switch-timeout-secs`); default: the window less CONFIRM_MARGIN_SECS.
         """
         dir.mkdir(parents=True, exist_ok=True)
         names = host_names(hosts) if isinstance(hosts, int) else list(hosts)
@@ -303,7 +305,12 @@ class LocalFleet:
             env = CpEnv.create(
                 dir / "cp", {n: HostDecl(channel=chan[n]) for n in names}, release_key=release_key
             )
-            env.extra_args += ["--confirm-deadline-secs", str(confirm_deadline_secs)]
+            if switch_timeout_secs is None:
+                switch_timeout_secs = float(confirm_deadline_secs - CONFIRM_MARGIN_SECS)
+            env.extra_args += [
+                "--confirm-deadline-secs", str(confirm_deadline_secs),
+                "--agent-switch-timeout-secs", f"{switch_timeout_secs:g}",
+            ]  # fmt: skip
             # The fleet's trust roots also name the binary cache's key (trust.json
             # `cacheKeys`); agents take their trusted-public-keys from there.
             env.trust_path.write_text(json.dumps(env.kit.trust(cache_keys=[cache.public_key])))

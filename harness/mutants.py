@@ -933,3 +933,57 @@ def manifest_cache_not_persisted() -> Iterator[None]:
 
 
 MUTANTS["manifest-cache-not-persisted"] = manifest_cache_not_persisted
+
+
+def all_at_once_converges_at_once() -> AbstractContextManager[object]:
+    """Reference commit c5a87fa Old: an all-at-once channel (empty wave list) converges
+    at the first tick of its rollout, before its hosts run the declared closure."""
+    from nixfleet.core import reconcile
+
+    return mock.patch.object(reconcile, "_all_hosts_on_closure", lambda *_a, **_k: True)
+
+
+MUTANTS["all-at-once-converges-at-once"] = all_at_once_converges_at_once
+
+
+def terminal_predecessor_blocks() -> AbstractContextManager[object]:
+    """Reference commit c3ab9d7 Old: a channel-edge predecessor whose rollout holds no
+    host states counts as active even once terminal, so it blocks its successors."""
+    from nixfleet.core import observed, rollout_state
+
+    def active(ro: observed.Rollout) -> bool:
+        if not ro.host_states:
+            return True
+        states = ro.host_states.values()
+        return ro.terminal_at is None and not all(
+            rollout_state.is_terminal_for_ordering(s) for s in states
+        )
+
+    return mock.patch.object(observed.Rollout, "is_active_for_ordering", property(active))
+
+
+MUTANTS["terminal-predecessor-blocks"] = terminal_predecessor_blocks
+
+
+@contextlib.contextmanager
+def all_at_once_early_terminal() -> Iterator[None]:
+    """Both Old behaviours of `channel-edge-successor-release` (commits c5a87fa,
+    c3ab9d7): the all-at-once predecessor terminal at once, and a terminal predecessor
+    without host states blocking its successors."""
+    with all_at_once_converges_at_once(), terminal_predecessor_blocks():
+        yield
+
+
+MUTANTS["all-at-once-early-terminal"] = all_at_once_early_terminal
+
+
+def lint_skips_secrets() -> AbstractContextManager[object]:
+    """Seed 000 "CP service flaps after deploy", Old: nothing checked the CP's agenix
+    secrets before the deploy, so one agenix could not decrypt surfaced only as the
+    service's restart loop. Put back as `check-config` not opening the secret files."""
+    from nixfleet.cp import lint
+
+    return mock.patch.object(lint, "secret_problems", lambda _cfg: [])
+
+
+MUTANTS["lint-skips-secrets"] = lint_skips_secrets

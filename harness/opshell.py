@@ -23,7 +23,8 @@ Every command runs under `bash -c` in the CP's state dir (the local
     HOST_KEYS       the hosts' SSH host keys, `$HOST_KEYS/<host>/ssh_host_ed25519_key.pub`
                     (what the operator reads off a new host for `--csr-pubkey-fingerprint`)
 
-`nixfleet` is the operator CLI, run with the fleet's mutant applied when it has one.
+`nixfleet` is the operator CLI and `nixfleet-control-plane` the CP's (for `check-config`),
+both run with the fleet's mutant applied when it has one.
 
 `journalctl` is a stand-in that prints the CP's journal (`-u
 nixfleet-control-plane.service`, `--since=WHEN` as GNU date reads it, e.g. '5 min ago'
@@ -107,11 +108,16 @@ class OperatorShell:
         self.org_root_key.write_bytes(pem)
 
     def use_launcher(self, prefix: Sequence[str]) -> None:
-        """`nixfleet` in the shell runs `prefix nixfleet.cli.main` (harness.launch: with
-        the run's mutant applied, as in the CP and the agents)."""
-        shim = self.home / "bin" / "nixfleet"
-        shim.write_text(f'#!/usr/bin/env bash\nexec {shlex.join(prefix)} nixfleet.cli.main "$@"\n')
-        shim.chmod(0o755)
+        """`nixfleet` in the shell runs `prefix nixfleet.cli.main`, `nixfleet-control-plane`
+        `prefix nixfleet.cp.main` (harness.launch: with the run's mutant applied, as in
+        the CP and the agents)."""
+        for name, module in (
+            ("nixfleet", "nixfleet.cli.main"),
+            ("nixfleet-control-plane", "nixfleet.cp.main"),  # its `check-config` lint
+        ):
+            shim = self.home / "bin" / name
+            shim.write_text(f'#!/usr/bin/env bash\nexec {shlex.join(prefix)} {module} "$@"\n')
+            shim.chmod(0o755)
 
     def environ(self) -> dict[str, str]:
         env = self.env

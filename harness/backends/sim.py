@@ -29,6 +29,7 @@ from harness.fleet import (
     OPERATOR,
     REVOKE,
     TAMPER_MODES,
+    CpExited,
     Final,
     NotAvailable,
     Reply,
@@ -38,6 +39,7 @@ from harness.fleet import (
 )
 from harness.mutants import injected
 from nixfleet.core.closure import ClosureHash
+from nixfleet.core.errors import BadInput
 from nixfleet.core.timeutil import format_instant
 from nixfleet.cp.endpoints import ClientCert
 from nixfleet.cp.issuance import agent_cn, operator_cn
@@ -92,6 +94,17 @@ class SimCpHandle:
     def wipe(self) -> None:
         self.world.cp.wipe_db()
 
+    def reconfigure(self, *, confirm_window: float, switch_timeout: float) -> None:
+        """The simulated CP's own check (`SimCp.configure`) refuses as `serve` does;
+        simulated agents are not restarted (they never cut a switch off)."""
+        cp = self.world.cp
+        cp.crash()
+        try:
+            cp.configure(round(confirm_window), switch_timeout)
+        except BadInput as exc:
+            raise CpExited(2, f"nixfleet-control-plane: {exc}", 0.0) from None
+        cp.start()
+
     def sql(self, query: str) -> list[tuple[Any, ...]]:
         store = self.world.cp.store
         if store is None:
@@ -137,7 +150,11 @@ class SimFleet:
 
     @property
     def confirm_window(self) -> float:
-        return float(self.world.config.confirm_window_secs)
+        return self.world.cp.settings.confirm_window.total_seconds()
+
+    @property
+    def switch_timeout(self) -> float:
+        return self.world.cp.agent_switch_timeout_secs
 
     def now(self) -> float:
         return float(self.world.env.now)

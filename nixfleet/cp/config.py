@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nixfleet.agent.config import DEFAULT_SWITCH_TIMEOUT_SECS, SWITCH_TIMEOUT_BOUNDS
 from nixfleet.cli.envflags import add_env_flag
 from nixfleet.core.agent import MIN_CONFIRM_WINDOW_SECS
 from nixfleet.core.errors import BadInput
@@ -24,6 +25,26 @@ DEFAULT_MAX_CONNECTIONS_PER_PEER = 1024
 MAX_TIMEOUT_SECS = 3600.0
 MIN_HEALTH_FAILURE_SECS = 10
 """Two probe runs at the agents' 5 s interval floor: one failed run never fails a host."""
+CONFIRM_MARGIN_SECS = 10
+"""What a confirm window must leave after the agents' longest switch for the confirm
+itself: the default 360 s against the agents' 300 s switch is safe, below 310 s is not
+(docs/hardening.md)."""
+
+
+def confirm_window_problem(window_secs: float, switch_timeout_secs: float) -> str | None:
+    """Why a confirm window is unsafe for agents whose switch may take up to
+    `switch_timeout_secs` (None: it is safe). A switch that outlasts the window has its
+    dispatch rolled back by the CP, its late confirm answered 410 and the host rolled
+    back by its agent: every slow host of a rollout, each release (the cascade)."""
+    least = switch_timeout_secs + CONFIRM_MARGIN_SECS
+    if window_secs >= least:
+        return None
+    return (
+        f"--confirm-deadline-secs {window_secs:g} is below the agents' switch timeout "
+        f"({switch_timeout_secs:g} s, --agent-switch-timeout-secs) + {CONFIRM_MARGIN_SECS} s: "
+        "a switch that runs that long outlasts the window, the CP rolls the host back, "
+        f"answers its confirm 410 and the agent rolls back too; use ≥ {least:g}"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +89,7 @@ class CpConfig:
     rollouts_dir: Path | None = None
     freshness_window_secs: int = 2_592_000
     confirm_deadline_secs: int = 360
+    agent_switch_timeout_secs: float = DEFAULT_SWITCH_TIMEOUT_SECS
     health_failure_secs: int = 60
     tick_interval_secs: float = 30.0
     poll_interval_secs: float = 60.0
@@ -108,6 +130,13 @@ def add_serve_flags(p: argparse.ArgumentParser) -> None:
     flag("--rollouts-dir", type=Path, help="directory of <rolloutId>.json{,.sig} manifests")
     flag("--freshness-window-secs", type=int, default=2_592_000, help="sidecar freshness window")
     flag("--confirm-deadline-secs", type=int, default=360, help="confirm window per dispatch")
+    flag(
+        "--agent-switch-timeout-secs",
+        type=float,
+        default=DEFAULT_SWITCH_TIMEOUT_SECS,
+        help="the agents' --switch-timeout-secs: the confirm window must exceed it by "
+        f"{CONFIRM_MARGIN_SECS} s",
+    )
     flag(
         "--health-failure-secs",
         type=int,
@@ -216,6 +245,15 @@ def config_from_args(args: argparse.Namespace) -> CpConfig:
             "failed confirm at least 3 times before their watchdog rolls back; a real "
             "switch may take 300 s, hence the default 360)"
         )
+    low, high = SWITCH_TIMEOUT_BOUNDS
+    if not low <= args.agent_switch_timeout_secs <= high:  # also refuses nan
+        raise BadInput(
+            f"--agent-switch-timeout-secs must be ≥ {low:g} and ≤ {high:g}, got "
+            f"{args.agent_switch_timeout_secs:g}"
+        )
+    problem = confirm_window_problem(args.confirm_deadline_secs, args.agent_switch_timeout_secs)
+    if problem is not None:
+        raise BadInput(problem)
     if not MIN_HEALTH_FAILURE_SECS <= args.health_failure_secs <= MAX_TIMEOUT_SECS:
         raise BadInput(
             f"--health-failure-secs must be ≥ {MIN_HEALTH_FAILURE_SECS} and "
@@ -246,6 +284,7 @@ def config_from_args(args: argparse.Namespace) -> CpConfig:
         rollouts_dir=args.rollouts_dir,
         freshness_window_secs=args.freshness_window_secs,
         confirm_deadline_secs=args.confirm_deadline_secs,
+        agent_switch_timeout_secs=args.agent_switch_timeout_secs,
         health_failure_secs=args.health_failure_secs,
         tick_interval_secs=args.tick_interval_secs,
         poll_interval_secs=args.poll_interval_secs,

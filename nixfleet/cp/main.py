@@ -14,6 +14,7 @@ import logging
 import signal
 import sqlite3
 import ssl
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +27,7 @@ from nixfleet.core.errors import BadInput, NixfleetError
 from nixfleet.core.trust import Trust, parse_trust
 from nixfleet.logsetup import configure_logging
 
-from . import issuance
+from . import issuance, lint
 from .config import CpConfig, add_serve_flags, config_from_args
 from .http import build_app
 from .journal import OperatorJournal
@@ -62,7 +63,7 @@ def server_ssl_context(cfg: CpConfig) -> ssl.SSLContext | None:
             # Optional at the handshake: /v1/enroll comes without a certificate.
             ctx.verify_mode = ssl.CERT_OPTIONAL
     except (OSError, ssl.SSLError) as exc:
-        raise BadInput(f"cannot load TLS material ({exc})") from exc
+        raise BadInput(f"cannot load TLS material {cfg.tls_cert}, {cfg.tls_key} ({exc})") from exc
     return ctx
 
 
@@ -95,10 +96,12 @@ def build_service(cfg: CpConfig) -> CpService:
     journal = open_journal(cfg, store)
     fleet_ca = None
     if cfg.fleet_ca_cert is not None and cfg.fleet_ca_key is not None:
-        fleet_ca = issuance.load_fleet_ca(
-            read_file(cfg.fleet_ca_cert, "fleet CA cert"),
-            read_file(cfg.fleet_ca_key, "fleet CA key"),
-        )
+        cert = read_file(cfg.fleet_ca_cert, "fleet CA cert")
+        key = read_file(cfg.fleet_ca_key, "fleet CA key")
+        try:
+            fleet_ca = issuance.load_fleet_ca(cert, key)
+        except BadInput as exc:  # e.g. a secret still encrypted: name the files
+            raise BadInput(f"{exc} (files {cfg.fleet_ca_cert}, {cfg.fleet_ca_key})") from exc
     audit_path = cfg.audit_log
 
     def audit(line: str) -> None:
@@ -208,12 +211,28 @@ def _serve(args: argparse.Namespace) -> int:
         raise BadInput(f"{exc}\n{hint}" if hint else str(exc)) from exc
 
 
+def _check_config(args: argparse.Namespace) -> int:
+    """The pre-deploy lint: one line per problem on stderr, exit 1 if any."""
+    found = lint.problems(config_from_args(args))
+    for line in found:
+        sys.stderr.write(f"check-config: {line}\n")
+    if found:
+        return 1
+    print("check-config: ok")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="nixfleet-control-plane", description="NixFleet control plane")
     sub = parser.add_subparsers(metavar="COMMAND", parser_class=OneLineParser)
     serve_p = sub.add_parser("serve", help="run the control plane")
     add_serve_flags(serve_p)
     serve_p.set_defaults(func=_serve)
+    check_p = sub.add_parser(
+        "check-config", help="open every file `serve` would, with the same flags; no port"
+    )
+    add_serve_flags(check_p)
+    check_p.set_defaults(func=_check_config)
     return parser
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.backends import local, sim
-from harness.fleet import CALL, FAULT, OPERATOR, Fleet, Shape
+from harness.fleet import CALL, FAULT, OPERATOR, POLL_FAILED, Fleet, Shape
 
 SHAPE = Shape(hosts=3, local_hosts=1, seed=3)
 
@@ -44,14 +44,12 @@ def test_local_call_is_real_mtls(tmp_path: Path) -> None:
         assert fleet.call("GET", "/healthz", as_=None).status == 0
 
 
-def test_sim_forge_fault_keeps_the_snapshot_and_names_the_class(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_sim_forge_fault_keeps_the_snapshot_and_names_the_class() -> None:
     with sim.open_fleet(SHAPE, Path("."), None) as fleet:
         fleet.forge_fault("unauthorized")
         fleet.release()
         fleet.sleep(fleet.polls(2))
-        assert "HTTP 401" in caplog.text
+        assert any("HTTP 401" in str(e.detail["reason"]) for e in fleet.history.of(POLL_FAILED))
         served = fleet.call("GET", "/v1/channels/stable", as_=OPERATOR).json()["signed_at"]
         fleet.forge_fault("ok")
         fleet.sleep(fleet.polls(1.5))
