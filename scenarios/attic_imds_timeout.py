@@ -1,16 +1,10 @@
-"""`attic-imds-timeout`: not written on a backend built here yet (see WHY)."""
+"""`attic-imds-timeout`: the field report (section E), for its own issue."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import FIELD_REPORT, waiting_entry
 
-WHY = "section E belongs to the field-report issue (store-fix, cache doctor, link drop)"
-
-SCENARIO = Scenario(
-    id="attic-imds-timeout",
+SCENARIO = waiting_entry(
+    "attic-imds-timeout",
     source='003 "The AWS Credential Chain Problem"',
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"ssh", "qemu", "local"}),
-    waiting={"local": WHY},
+    backends={"local", "qemu", "ssh"},
+    why=FIELD_REPORT,
 )

@@ -1,16 +1,10 @@
-"""`cache-401-is-not-failure`: not written on a backend built here yet (see WHY)."""
+"""`cache-401-is-not-failure`: the field report (section E), for its own issue."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import FIELD_REPORT, waiting_entry
 
-WHY = "section E belongs to the field-report issue (store-fix, cache doctor, link drop)"
-
-SCENARIO = Scenario(
-    id="cache-401-is-not-failure",
+SCENARIO = waiting_entry(
+    "cache-401-is-not-failure",
     source='003 "401 Is Not a Failure"; "The Three Gaps"',
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"ssh", "qemu", "local"}),
-    waiting={"local": WHY},
+    backends={"local", "qemu", "ssh"},
+    why=FIELD_REPORT,
 )

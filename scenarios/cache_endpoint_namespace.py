@@ -1,16 +1,10 @@
-"""`cache-endpoint-namespace`: not written on a backend built here yet (see WHY)."""
+"""`cache-endpoint-namespace`: the field report (section E), for its own issue."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import FIELD_REPORT, waiting_entry
 
-WHY = "section E belongs to the field-report issue (store-fix, cache doctor, link drop)"
-
-SCENARIO = Scenario(
-    id="cache-endpoint-namespace",
+SCENARIO = waiting_entry(
+    "cache-endpoint-namespace",
     source='003 "Execution Context and Network Identity"',
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"ssh", "qemu", "local"}),
-    waiting={"local": WHY},
+    backends={"local", "qemu", "ssh"},
+    why=FIELD_REPORT,
 )

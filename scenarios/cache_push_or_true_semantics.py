@@ -1,16 +1,10 @@
-"""`cache-push-or-true-semantics`: not written on a backend built here yet (see WHY)."""
+"""`cache-push-or-true-semantics`: the field report (section E), for its own issue."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import FIELD_REPORT, waiting_entry
 
-WHY = "section E belongs to the field-report issue (store-fix, cache doctor, link drop)"
-
-SCENARIO = Scenario(
-    id="cache-push-or-true-semantics",
+SCENARIO = waiting_entry(
+    "cache-push-or-true-semantics",
     source='003 "Cachix", "Atticd", "Auto-Cancel"',
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"ssh", "local"}),
-    waiting={"local": WHY},
+    backends={"local", "ssh"},
+    why=FIELD_REPORT,
 )

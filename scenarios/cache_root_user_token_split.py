@@ -1,16 +1,10 @@
-"""`cache-root-user-token-split`: not written on a backend built here yet (see WHY)."""
+"""`cache-root-user-token-split`: the field report (section E), for its own issue."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import FIELD_REPORT, waiting_entry
 
-WHY = "section E belongs to the field-report issue (store-fix, cache doctor, link drop)"
-
-SCENARIO = Scenario(
-    id="cache-root-user-token-split",
+SCENARIO = waiting_entry(
+    "cache-root-user-token-split",
     source='003 "Root vs User Token Split"',
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"ssh", "qemu", "local"}),
-    waiting={"local": WHY},
+    backends={"local", "qemu", "ssh"},
+    why=FIELD_REPORT,
 )

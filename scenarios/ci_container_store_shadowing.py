@@ -1,16 +1,10 @@
-"""`ci-container-store-shadowing`: not written on a backend built here yet (see WHY)."""
+"""`ci-container-store-shadowing`: the field report (section E), for its own issue."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import FIELD_REPORT, waiting_entry
 
-WHY = "section E belongs to the field-report issue (store-fix, cache doctor, link drop)"
-
-SCENARIO = Scenario(
-    id="ci-container-store-shadowing",
+SCENARIO = waiting_entry(
+    "ci-container-store-shadowing",
     source='003 "Reasoning the recurring errors"',
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"ssh", "local"}),
-    waiting={"local": WHY},
+    backends={"local", "ssh"},
+    why=FIELD_REPORT,
 )

@@ -1,16 +1,10 @@
-"""`compliance-count-dedupe`: not written on a backend built here yet (see WHY)."""
+"""`compliance-count-dedupe`: out of scope: decisions.md defers compliance frameworks."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import waiting_entry
 
-WHY = "out of scope: decisions.md defers compliance frameworks"
-
-SCENARIO = Scenario(
-    id="compliance-count-dedupe",
+SCENARIO = waiting_entry(
+    "compliance-count-dedupe",
     source="commit `1c26de0`",
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"sim", "local"}),
-    waiting={"sim": WHY, "local": WHY},
+    backends={"local", "sim"},
+    why="out of scope: decisions.md defers compliance frameworks",
 )

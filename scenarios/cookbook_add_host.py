@@ -1,16 +1,9 @@
-"""`cookbook-add-host`: not written on a backend built here yet (see WHY)."""
+"""`cookbook-add-host`: runs only on qemu or ssh, not built yet."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import waiting_entry
 
-WHY = "needs the qemu or ssh backend"
-
-SCENARIO = Scenario(
-    id="cookbook-add-host",
+SCENARIO = waiting_entry(
+    "cookbook-add-host",
     source='002 "Add a host to the fleet"',
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"ssh", "qemu"}),
-    waiting={},
+    backends={"qemu", "ssh"},
 )

@@ -1,16 +1,10 @@
-"""`copy-interrupted-link-drop`: not written on a backend built here yet (see WHY)."""
+"""`copy-interrupted-link-drop`: the field report (section E), for its own issue."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import FIELD_REPORT, waiting_entry
 
-WHY = "section E belongs to the field-report issue (store-fix, cache doctor, link drop)"
-
-SCENARIO = Scenario(
-    id="copy-interrupted-link-drop",
+SCENARIO = waiting_entry(
+    "copy-interrupted-link-drop",
     source='003 "The VM"',
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"ssh", "qemu"}),
-    waiting={},
+    backends={"qemu", "ssh"},
+    why=FIELD_REPORT,
 )

@@ -1,16 +1,10 @@
-"""`harness-auditor-chain`: not written on a backend built here yet (see WHY)."""
+"""`harness-auditor-chain`: out of scope: decisions.md defers the auditor evidence chain."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import waiting_entry
 
-WHY = "out of scope: decisions.md defers the auditor evidence chain"
-
-SCENARIO = Scenario(
-    id="harness-auditor-chain",
+SCENARIO = waiting_entry(
+    "harness-auditor-chain",
     source="reference harness scenario harness-auditor-chain",
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"sim", "local"}),
-    waiting={"sim": WHY, "local": WHY},
+    backends={"local", "sim"},
+    why="out of scope: decisions.md defers the auditor evidence chain",
 )

@@ -1,16 +1,10 @@
-"""`oom-disk-pressure`: not written on a backend built here yet (see WHY)."""
+"""`oom-disk-pressure`: the field report (section E), for its own issue."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import FIELD_REPORT, waiting_entry
 
-WHY = "section E belongs to the field-report issue (store-fix, cache doctor, link drop)"
-
-SCENARIO = Scenario(
-    id="oom-disk-pressure",
+SCENARIO = waiting_entry(
+    "oom-disk-pressure",
     source='003 "Disk Pressure"; "Reasoning the recurring errors"',
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"ssh", "qemu", "sim", "local"}),
-    waiting={"sim": WHY, "local": WHY},
+    backends={"local", "qemu", "sim", "ssh"},
+    why=FIELD_REPORT,
 )

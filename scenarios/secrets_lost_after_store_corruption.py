@@ -1,16 +1,10 @@
-"""`secrets-lost-after-store-corruption`: not written on a backend built here yet (see WHY)."""
+"""`secrets-lost-after-store-corruption`: the field report (section E), for its own issue."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import FIELD_REPORT, waiting_entry
 
-WHY = "section E belongs to the field-report issue (store-fix, cache doctor, link drop)"
-
-SCENARIO = Scenario(
-    id="secrets-lost-after-store-corruption",
+SCENARIO = waiting_entry(
+    "secrets-lost-after-store-corruption",
     source='003 "The VM"',
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"ssh", "qemu"}),
-    waiting={},
+    backends={"qemu", "ssh"},
+    why=FIELD_REPORT,
 )

@@ -1,16 +1,10 @@
-"""`store-repair-dangling-rows`: not written on a backend built here yet (see WHY)."""
+"""`store-repair-dangling-rows`: the field report (section E), for its own issue."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import FIELD_REPORT, waiting_entry
 
-WHY = "section E belongs to the field-report issue (store-fix, cache doctor, link drop)"
-
-SCENARIO = Scenario(
-    id="store-repair-dangling-rows",
+SCENARIO = waiting_entry(
+    "store-repair-dangling-rows",
     source='003 "The VM" (store-fix)',
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"ssh", "qemu", "local"}),
-    waiting={"local": WHY},
+    backends={"local", "qemu", "ssh"},
+    why=FIELD_REPORT,
 )

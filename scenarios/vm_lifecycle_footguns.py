@@ -1,16 +1,9 @@
-"""`vm-lifecycle-footguns`: not written on a backend built here yet (see WHY)."""
+"""`vm-lifecycle-footguns`: runs only on qemu, not built yet."""
 
-from harness.fleet import Scenario, Shape, not_written
+from harness.runner import waiting_entry
 
-WHY = "needs the qemu backend"
-
-SCENARIO = Scenario(
-    id="vm-lifecycle-footguns",
+SCENARIO = waiting_entry(
+    "vm-lifecycle-footguns",
     source="`docs/operations/vm-lifecycle.md`, `lib/mk-vm-apps.nix`",
-    summary=WHY,
-    shape=Shape(),
-    steps=not_written(WHY),
-    checks=[],
-    backends=frozenset({"qemu"}),
-    waiting={},
+    backends={"qemu"},
 )
