@@ -396,6 +396,15 @@ class Fleet(Protocol):
         (None: no grace key). The CP reads trust.json per enrollment (protocol §1.3, a
         broken one answers 500), so it applies to the next `/v1/enroll`."""
 
+    def deploy_token(self, host: str, token: Any) -> None:
+        """Agenix installs `token` (as `mint_token` returns it) at the host's
+        `--bootstrap-token-file`; its agent reads it when it next enrols."""
+
+    def expire_cert(self, host: str) -> None:
+        """The host was off past its certificate's validity: its `--client-cert` file
+        holds one the fleet CA issued for its key days ago, expired since. Its agent must
+        be stopped (it loads the file when it starts)."""
+
     def operator(self, cmd: str) -> str:
         """A shell on the CP host (curl | jq, sqlite3, grep on the journal, verbatim);
         NotAvailable on backends without one."""

@@ -987,3 +987,36 @@ def lint_skips_secrets() -> AbstractContextManager[object]:
 
 
 MUTANTS["lint-skips-secrets"] = lint_skips_secrets
+
+
+def confirm_window_below_budget() -> AbstractContextManager[object]:
+    """`confirm-deadline-cascade` Old (`_control-plane.nix`: 360 s default, unsafe below
+    ~310 s): the CP takes any confirm window above its 30 s floor, however far below the
+    agents' switch timeout, so a switch outlasting it is rolled back by the CP, answered
+    410 and rolled back by its agent."""
+    from nixfleet.cp import config
+
+    return mock.patch.object(config, "confirm_window_problem", lambda *_a, **_k: None)
+
+
+MUTANTS["confirm-window-below-budget"] = confirm_window_below_budget
+
+
+def dispatch_gate_reconcile_mode() -> AbstractContextManager[object]:
+    """`reconciler-gate-parity` Old (reference `lifecycle_parity.rs`): the checkin path
+    judges channel edges as the reconciler does, so a predecessor with no recorded
+    rollout (deferred itself, or not opened yet after a CP restart) counts as converged
+    and its successors are dispatched before it has started."""
+    from nixfleet.core import gates
+
+    blocked = gates.is_predecessor_blocked
+
+    def as_reconciler(
+        fleet: Any, view: Any, predecessor: str, mode: Any, opened: Any = frozenset()
+    ) -> bool:
+        return blocked(fleet, view, predecessor, gates.GateMode.RECONCILE, opened)
+
+    return mock.patch.object(gates, "is_predecessor_blocked", as_reconciler)
+
+
+MUTANTS["dispatch-gate-reconcile-mode"] = dispatch_gate_reconcile_mode

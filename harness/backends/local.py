@@ -109,6 +109,10 @@ HEALTH_FAILURE_SECS = MIN_HEALTH_FAILURE_SECS
 """The CP's `--health-failure-secs`: 5 polls, the least it accepts."""
 WIPE = "rm -rf state.db state.db-wal state.db-shm"
 """Seed 001 step 2, run in the CP's state dir."""
+EXPIRED_CERT_VALIDITY_SECS = 600
+"""`Fleet.expire_cert`: the 10-minute agent certificate of the bootstrap-token runbook,"""
+EXPIRED_AGO = timedelta(days=3)
+"""issued this long ago."""
 PROBE = (
     's=$(cat {slow} 2>/dev/null || echo 0); a=$(( $(date +%s) - $(stat -c %Y {link}) )); '
     'if [ "$a" -lt "$s" ]; then sleep $((s - a)); fi; '
@@ -164,6 +168,14 @@ def available() -> str | None:
     return None
 
 
+def set_flag(argv: list[str], flag: str, value: str) -> None:
+    """`flag value` in `argv`: the value replaced where the flag is, else appended."""
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        argv += [flag, value]
+
+
 class LocalCp:
     def __init__(self, fleet: LocalFleetBackend) -> None:
         self.fleet = fleet
@@ -210,6 +222,23 @@ class LocalCp:
             raise RuntimeError("stop the control plane before wiping its DB (seed 001 step 1)")
         self.fleet.operator(WIPE)
         self.fleet.record(CP_WIPE)
+
+    def reconfigure(self, *, confirm_window: float, switch_timeout: float) -> None:
+        """Restart the CP with the two flags; refused, it keeps its previous ones (and
+        stays down). Accepted, the agents restart with the new switch timeout."""
+        args = self.fleet.local.env.extra_args
+        before = list(args)
+        window = round(confirm_window)
+        set_flag(args, "--confirm-deadline-secs", str(window))
+        set_flag(args, "--agent-switch-timeout-secs", f"{switch_timeout:g}")
+        if self.running:
+            self.stop()
+        try:
+            self.start()
+        except CpExited:
+            args[:] = before
+            raise
+        self.fleet.redeployed(window, switch_timeout)
 
     def sql(self, query: str) -> list[tuple[Any, ...]]:
         db = self.fleet.local.db_path
@@ -420,6 +449,22 @@ class LocalFleetBackend:
     @property
     def confirm_window(self) -> float:
         return float(self._window)
+
+    @property
+    def switch_timeout(self) -> float:
+        return self.local.switch_timeout_secs
+
+    def redeployed(self, window: int, switch_timeout: float) -> None:
+        """After the CP took a new window and switch budget: the agents restart with
+        that `--switch-timeout-secs` (each stopped by its PID), then check in."""
+        self._window = window
+        if switch_timeout == self.local.switch_timeout_secs:
+            return
+        self.local.switch_timeout_secs = switch_timeout
+        for name in self.hosts:
+            self.local.kill_agent(name, signal.SIGTERM)
+            self.start_agent(name)
+        self.local.wait_checkins_all(1)
 
     def now(self) -> float:
         return time.time() - self.t0
@@ -725,6 +770,17 @@ class LocalFleetBackend:
         trust["orgRootKey"] = slot
         self.local.env.trust_path.write_text(json.dumps(trust))
         self.record(ORG_ROOT, current=current, previous=previous)
+
+    def deploy_token(self, host: str, token: Any) -> None:
+        self.local.host(host).token_file.write_text(json.dumps(token))
+
+    def expire_cert(self, host: str) -> None:
+        if self.agent_up(host):
+            raise RuntimeError(f"stop {host}'s agent before expiring its certificate")
+        issued = self.local.env.pki.issue_agent(
+            host, validity_secs=EXPIRED_CERT_VALIDITY_SECS, now=datetime.now(UTC) - EXPIRED_AGO
+        )
+        self.local.host(host).client_cert.write_text(issued.cert.read_text())
 
     def _org_key(self, generation: int) -> Ed25519PrivateKey:
         """Org root key `generation`: 0 is the fleet's; later ones as a rotation mints."""

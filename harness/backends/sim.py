@@ -345,6 +345,12 @@ class SimFleet:
     def set_org_root(self, current: int, previous: int | None) -> None:
         raise NotAvailable(NO_ENROLL)
 
+    def deploy_token(self, host: str, token: Any) -> None:
+        raise NotAvailable(NO_ENROLL)
+
+    def expire_cert(self, host: str) -> None:
+        raise NotAvailable("the simulated hosts hold no certificate files (use --backend local)")
+
     # --- waiting -------------------------------------------------------------------------
 
     def sleep(self, secs: float) -> None:

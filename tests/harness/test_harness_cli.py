@@ -49,7 +49,8 @@ def test_list_names_source_backends_here_and_waiting(
         ),
         (
             ["prove", "tiny-proven", "--backend", "local"],
-            "scenario tiny-proven does not run on local",
+            "scenario tiny-proven does not run on local "
+            "(local: the catalogue does not list it)",
         ),
         (["prove", "--backend", "sim"], "prove: name scenario ids or --all"),
         (
