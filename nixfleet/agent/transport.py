@@ -176,7 +176,7 @@ class HttpCpTransport:
             ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise Unreachable(
-                f"{what}: {url} (connect failed: {_one_line(str(exc.os_error))})"
+                f"{what}: {url} (connect failed: {_one_line(_os_reason(exc.os_error))})"
             ) from exc
         except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             raise Unreachable(
@@ -248,3 +248,11 @@ class HttpCpTransport:
         value = await self._json("renew", "POST", protocol.RENEW, body=wire.dump_renew_request(req))
         result: wire.CertIssued = self._parse("renew", wire.parse_renew_response, value)
         return result
+
+
+def _os_reason(err: OSError) -> str:
+    """An OSError as a reason: its text, else its errno's name, else its type (a refused
+    connection can come with an empty message)."""
+    if err.errno is not None and not err.strerror:
+        return os.strerror(err.errno)
+    return str(err).strip() or type(err).__name__

@@ -207,3 +207,17 @@ def test_refused_renewal_is_reported_and_retried(
     agent.wait_log("renewal failed; trying again next checkin", count=4)
     rows = sqlite3(env.db_path, "SELECT event_kind FROM host_reports;").split()
     assert rows == ["renewal-failed"]  # reported once an hour, retried every checkin
+
+
+@pytest.mark.parametrize(
+    ("err", "reason"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), "[Errno 111] Connection refused"),
+        (OSError(111, ""), "Connection refused"),
+        (ConnectionResetError(), "ConnectionResetError"),
+    ],
+)
+def test_a_connect_failure_always_names_a_reason(err: OSError, reason: str) -> None:
+    from nixfleet.agent.transport import _os_reason
+
+    assert _os_reason(err) == reason
