@@ -61,7 +61,7 @@ def safe_window(fleet: Fleet) -> None:
         fleet.slow_activation(hosts[i :: len(SAFE_SWITCH_POLLS)], fleet.polls(polls))
     started = fleet.now()
     fleet.release()
-    wait_settled(fleet)
+    wait_settled(fleet, then=2)  # converged: every host confirmed, no window left
     confirms = after(fleet, CONFIRM, started)
     bad = [f"{e.host}: {e.detail.get('status')}" for e in confirms if e.detail.get("status") != 204]
     expect(not bad, "every confirm of the safe window answered 204", bad)
@@ -140,7 +140,7 @@ def cascade(fleet: Fleet, window: float) -> str:
     )
     by_cp = sorted(set(hosts) & {str(r[0]) for r in rows})
     return (
-        f"switches of {switch:g} s cascaded: the CP rolled back {len(by_cp)}/{len(hosts)} "
+        f"switches of {switch:.0f} s cascaded: the CP rolled back {len(by_cp)}/{len(hosts)} "
         f"dispatches, {len(cascaded())}/{len(hosts)} hosts got 410 and rolled back "
         f"({CP_410_PREFIX})"
     )

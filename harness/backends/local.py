@@ -12,7 +12,8 @@ with its own Nix store in a mount namespace, a signed binary cache and a signed 
   marks such a host Failed after `--health-failure-secs` of failures: 10 s here (5
   polls, the least the CP accepts), 60 s (one poll) on `sim`.
 - `slow_activation` is built into the next releases' closures: their switch sleeps,
-  lock held, before it moves the link (the agents' switch timeout is 30 s).
+  lock held, before it moves the link (the agents' switch timeout is the confirm
+  window less 10 s, 20 s by default, which the CP is told: `--agent-switch-timeout-secs`).
 - With a mutant, the CP and every agent start through `python -m harness.launch`, so
   the bug is inside the real processes.
 - The history is read from the CP's and agents' logs plus the backend's own actions
