@@ -36,6 +36,8 @@ from fleet_sim.fleetgen import (
     revocations_doc,
 )
 from nixfleet.agent.csr import build_csr
+from nixfleet.core import wire
+from nixfleet.core.closure import ClosureHash
 from nixfleet.core.signing import ED25519
 from nixfleet.core.token import dump_token, mint_token
 
@@ -495,23 +497,44 @@ def wait_more_lines(cp: CpProcess, needle: str, seen: int, timeout: float = 15.0
 # --- agent bodies --------------------------------------------------------------------
 
 
+# Encoded by the agent's own wire codecs, so a body sent by hand is one an agent sends.
+AGENT_VERSION = "test"
+REPORTED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _generation(closure: str, boot_id: str) -> wire.GenerationRef:
+    return wire.GenerationRef(closure_hash=ClosureHash(closure), boot_id=boot_id)
+
+
 def checkin_body(host: str, closure: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "hostname": host,
-        "agentVersion": "test",
-        "currentGeneration": {"closureHash": closure, "bootId": "boot-1"},
-        "healthProbes": [],
-        **extra,
-    }
+    """`host`'s checkin running `closure`; `extra` wire keys added or overriding."""
+    current = _generation(closure, "boot-1")
+    request = wire.CheckinRequest(
+        hostname=host, agent_version=AGENT_VERSION, current_generation=current
+    )
+    return {**wire.dump_checkin_request(request), **extra}
 
 
 def confirm_body(host: str, rollout: str, closure: str, wave: int = 0) -> dict[str, Any]:
-    return {
-        "hostname": host,
-        "rollout": rollout,
-        "wave": wave,
-        "generation": {"closureHash": closure, "bootId": "boot-2"},
-    }
+    request = wire.ConfirmRequest(
+        hostname=host, rollout=rollout, wave=wave, generation=_generation(closure, "boot-2")
+    )
+    return wire.dump_confirm_request(request)
+
+
+def report_body(
+    host: str, event: str, details: Mapping[str, Any], *, rollout: str | None = None
+) -> dict[str, Any]:
+    """An unsigned report of `event` from `host`."""
+    request = wire.ReportRequest(
+        hostname=host,
+        agent_version=AGENT_VERSION,
+        occurred_at=REPORTED_AT,
+        rollout=rollout,
+        event=event,
+        details=details,
+    )
+    return wire.dump_report_request(request)
 
 
 async def aio_post(

@@ -101,6 +101,12 @@ CACHE_MODES = ("ok", "down")
 substitution fails: a realise of a closure not yet in the host's store fails)."""
 
 
+def check_mode(what: str, value: str, modes: tuple[str, ...]) -> None:
+    """A verb's mode argument checked the same way on every backend."""
+    if value not in modes:
+        raise ValueError(f"{what} {value!r} not in {modes}")
+
+
 # --- the fleet a scenario drives ---------------------------------------------------------
 
 

@@ -66,19 +66,25 @@ def report_hash_prefix() -> Iterator[None]:
         yield
 
 
-def no_orphan_recovery() -> AbstractContextManager[object]:
-    """Seed 001 before the fix: after a DB wipe a confirm with no row gets 410 and the
-    host rolls back a good activation."""
+def _confirm_verdict_as(was: str, now: str) -> AbstractContextManager[object]:
+    """The confirm guard answering `now` wherever it decides `was` (`ConfirmVerdict`
+    member names), every other verdict as shipped."""
     from nixfleet.core import dispatch
 
     original = dispatch.decide_confirm
+    V = dispatch.ConfirmVerdict
 
-    def strict(*args: object, **kwargs: object) -> dispatch.ConfirmVerdict:
+    def swapped(*args: object, **kwargs: object) -> dispatch.ConfirmVerdict:
         verdict = original(*args, **kwargs)  # type: ignore[arg-type]
-        V = dispatch.ConfirmVerdict
-        return V.REJECT if verdict is V.ORPHAN else verdict
+        return V[now] if verdict is V[was] else verdict
 
-    return mock.patch.object(dispatch, "decide_confirm", strict)
+    return mock.patch.object(dispatch, "decide_confirm", swapped)
+
+
+def no_orphan_recovery() -> AbstractContextManager[object]:
+    """Seed 001 before the fix: after a DB wipe a confirm with no row gets 410 and the
+    host rolls back a good activation."""
+    return _confirm_verdict_as("ORPHAN", "REJECT")
 
 
 def no_rollback_signal() -> AbstractContextManager[object]:
@@ -151,16 +157,7 @@ def injected(name: str) -> Iterator[None]:
 def late_confirm_accepted() -> AbstractContextManager[object]:
     """Reference `deadline-expiry` Old: the confirm guard takes a confirm for its row
     after the row's deadline (or after the sweep rolled it back) and answers 204."""
-    from nixfleet.core import dispatch
-
-    original = dispatch.decide_confirm
-
-    def late(*args: object, **kwargs: object) -> dispatch.ConfirmVerdict:
-        verdict = original(*args, **kwargs)  # type: ignore[arg-type]
-        V = dispatch.ConfirmVerdict
-        return V.ACCEPT if verdict is V.EXPIRED else verdict
-
-    return mock.patch.object(dispatch, "decide_confirm", late)
+    return _confirm_verdict_as("EXPIRED", "ACCEPT")
 
 
 MUTANTS["late-confirm-accepted"] = late_confirm_accepted
@@ -356,16 +353,7 @@ def unknown_confirm_accepted() -> AbstractContextManager[object]:
     """Reference wire-contract Old: a confirm that matches no dispatch row and no
     recoverable orphan is answered as a success (204), hiding that nothing was
     dispatched; the host keeps a closure the CP never sent."""
-    from nixfleet.core import dispatch
-
-    original = dispatch.decide_confirm
-
-    def lenient(*args: object, **kwargs: object) -> dispatch.ConfirmVerdict:
-        verdict = original(*args, **kwargs)  # type: ignore[arg-type]
-        V = dispatch.ConfirmVerdict
-        return V.ACCEPT if verdict is V.REJECT else verdict
-
-    return mock.patch.object(dispatch, "decide_confirm", lenient)
+    return _confirm_verdict_as("REJECT", "ACCEPT")
 
 
 MUTANTS["unknown-confirm-accepted"] = unknown_confirm_accepted

@@ -16,7 +16,8 @@ from typing import Any
 
 from fleet_sim.checkers import Run, Verdict
 
-from .fleet import ACTIVATE, AGENT_START, OPERATOR, POLL_FAILED, RELEASE, SNAPSHOT, Fleet, expect
+from .byhand import served
+from .fleet import ACTIVATE, AGENT_START, OPERATOR, POLL_FAILED, RELEASE, Fleet, expect
 
 
 def rollout_of(fleet: Fleet, release: int) -> str:
@@ -34,11 +35,6 @@ def released_at(fleet: Fleet, release: int) -> float:
 def poll_failures(fleet: Fleet, since: float) -> list[str]:
     """The reasons the CP gave for keeping its snapshot at its forge polls since `since`."""
     return [str(e.detail["reason"]) for e in fleet.history.of(POLL_FAILED) if e.t >= since]
-
-
-def served(fleet: Fleet, release: int) -> bool:
-    """The CP took `release` as its snapshot at some point."""
-    return any(e.detail.get("release") == release for e in fleet.history.of(SNAPSHOT))
 
 
 def served_signed_at(fleet: Fleet) -> str:
@@ -60,6 +56,15 @@ def reports(fleet: Fleet, kinds: Iterable[str], rollout: str) -> dict[str, dict[
         details = json.loads(body).get("details") or {}
         out[str(host)] = {"event": kind, **details}
     return out
+
+
+def host_reports(fleet: Fleet, host: str, kind: str) -> list[dict[str, Any]]:
+    """`host`'s reports of `kind` as the CP stored them (the whole body), oldest first."""
+    rows = fleet.cp.sql(
+        "SELECT report_json FROM host_reports "
+        f"WHERE hostname = '{host}' AND event_kind = '{kind}' ORDER BY id"
+    )
+    return [json.loads(raw) for (raw,) in rows]
 
 
 def activated(fleet: Fleet, closures: Mapping[str, str | None]) -> list[str]:

@@ -9,10 +9,9 @@ target with one new profile generation and a 204 before the confirm deadline. A 
 that fails all the same is reported and rolled back, never left stalled.
 """
 
-import json
-
 from fleet_sim.checkers import Run, Verdict
 from harness.fleet import ACTIVATION_FAILED, CONFIRM, ROLLBACK, Fleet, Scenario, Shape, expect
+from harness.refusals import host_reports
 
 
 def confirmed(fleet: Fleet, host: str) -> bool:
@@ -24,13 +23,9 @@ def confirmed(fleet: Fleet, host: str) -> bool:
 def failure_reports(fleet: Fleet, host: str) -> list[str]:
     """The host's `activation-failed` reports as the CP stored them: phase, exit code,
     the stderr tail's last line."""
-    rows = fleet.cp.sql(
-        "SELECT report_json FROM host_reports "
-        f"WHERE hostname = '{host}' AND event_kind = 'activation-failed' ORDER BY id"
-    )
     out = []
-    for (raw,) in rows:
-        details = json.loads(raw).get("details", {})
+    for report in host_reports(fleet, host, "activation-failed"):
+        details = report.get("details", {})
         tail = str(details.get("stderr_tail") or "").strip().splitlines()
         out.append(f"{details.get('phase')} exit {details.get('exit_code')}: {tail[-1:]}")
     return out

@@ -11,38 +11,13 @@ the reference's Old: the CP trusting the body's hostname (`endpoints.same_host`)
 from typing import Any
 
 from fleet_sim.checkers import Run, Verdict
+from harness.cpenv import checkin_body, confirm_body, report_body
 from harness.fleet import CALL, Fleet, NotAvailable, Reply, Scenario, Shape, expect
 from harness.steps import newest_rollout
 from nixfleet.core import protocol
 
-
-def checkin_body(host: str, closure: str) -> dict[str, Any]:
-    return {
-        "hostname": host,
-        "agentVersion": "scenario",
-        "currentGeneration": {"closureHash": closure, "bootId": "scenario-identity"},
-        "healthProbes": [],
-    }
-
-
-def confirm_body(host: str, rollout: str, closure: str) -> dict[str, Any]:
-    return {
-        "hostname": host,
-        "rollout": rollout,
-        "wave": 0,
-        "generation": {"closureHash": closure, "bootId": "scenario-identity"},
-    }
-
-
-def report_body(host: str, rollout: str) -> dict[str, Any]:
-    return {
-        "hostname": host,
-        "agentVersion": "scenario",
-        "occurredAt": "2026-01-01T00:00:00Z",
-        "rollout": rollout,
-        "event": "rollback-triggered",
-        "details": {"reason": "scenario: body names another host"},
-    }
+IMPOSTOR = {"reason": "scenario: body names another host"}
+"""The details of a report whose body names another host."""
 
 
 def bodies(fleet: Fleet, named: str) -> dict[str, dict[str, Any]]:
@@ -52,7 +27,7 @@ def bodies(fleet: Fleet, named: str) -> dict[str, dict[str, Any]]:
     return {
         protocol.CHECKIN: checkin_body(named, closure),
         protocol.CONFIRM: confirm_body(named, rid, closure),
-        protocol.REPORT: report_body(named, rid),
+        protocol.REPORT: report_body(named, "rollback-triggered", IMPOSTOR, rollout=rid),
     }
 
 

@@ -9,19 +9,10 @@ no RollbackTriggered, the host stuck on the bad closure.
 """
 
 import contextlib
-import json
 
 from fleet_sim.checkers import Run, Verdict
 from harness.fleet import Fleet, Scenario, Shape, StepTimeout, expect
-
-
-def reports(fleet: Fleet, host: str, kind: str) -> list[dict[str, object]]:
-    """The host's reports of `kind` as the CP stored them, oldest first."""
-    rows = fleet.cp.sql(
-        "SELECT report_json FROM host_reports "
-        f"WHERE hostname = '{host}' AND event_kind = '{kind}' ORDER BY id"
-    )
-    return [json.loads(raw) for (raw,) in rows]
+from harness.refusals import host_reports
 
 
 def quarantined(fleet: Fleet, closure: str | None) -> list[str]:
@@ -34,7 +25,9 @@ def quarantined(fleet: Fleet, closure: str | None) -> list[str]:
 
 
 def rolled_back(fleet: Fleet, host: str, installed: str | None) -> bool:
-    return fleet.current(host) == installed and bool(reports(fleet, host, "rollback-triggered"))
+    if fleet.current(host) != installed:
+        return False
+    return bool(host_reports(fleet, host, "rollback-triggered"))
 
 
 def steps(fleet: Fleet) -> None:
@@ -47,7 +40,7 @@ def steps(fleet: Fleet) -> None:
     )
 
     def seen() -> str:
-        failed = [r.get("details") for r in reports(fleet, host, "activation-failed")]
+        failed = [r.get("details") for r in host_reports(fleet, host, "activation-failed")]
         return f"{host} runs {fleet.current(host)}; activation-failed reports {failed}"
 
     # A timeout is said by the expectation below, with what the host shows.

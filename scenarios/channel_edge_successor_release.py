@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fleet_sim.checkers import Run, Verdict
+from fleet_sim.checkers import all_converged
 from harness.fleet import DISPATCH, RELEASE, ChannelShape, Fleet, Scenario, Shape, expect
 from harness.steps import wait_settled
 
@@ -131,11 +131,6 @@ def steps(fleet: Fleet) -> None:
     unchanged(fleet, pred)
 
 
-def everyone_converged(run: Run) -> Verdict:
-    missing = sorted(set(run.final.hosts) - run.final.converged())
-    return Verdict("all-converged", not missing, f"not on their closure: {missing[:5]}")
-
-
 SCENARIO = Scenario(
     id="channel-edge-successor-release",
     source="commits `c5a87fa`, `c3ab9d7`",
@@ -152,6 +147,6 @@ SCENARIO = Scenario(
         seed=21,
     ),
     steps=steps,
-    checks=[everyone_converged],
+    checks=[all_converged],
     mutant="all-at-once-early-terminal",
 )

@@ -15,6 +15,7 @@ signed list, whoever put them there.
 from typing import Any
 
 from fleet_sim.checkers import Run, Verdict
+from harness.cpenv import checkin_body, confirm_body
 from harness.fleet import CALL, Fleet, Reply, Scenario, Shape, expect
 from harness.steps import newest_rollout
 from nixfleet.core import protocol
@@ -35,21 +36,10 @@ STILL_AFTER_POLLS = 3
 def agent_calls(fleet: Fleet, host: str) -> dict[str, tuple[str, Any]]:
     """A checkin, confirm and renew body for `host` (the gates answer before the body)."""
     closure, rid = fleet.current(host), newest_rollout(fleet)
-    checkin = {
-        "hostname": host,
-        "agentVersion": "scenario",
-        "currentGeneration": {"closureHash": closure, "bootId": "scenario-revoke"},
-        "healthProbes": [],
-    }
-    confirm = {
-        "hostname": host,
-        "rollout": rid,
-        "wave": 0,
-        "generation": {"closureHash": closure, "bootId": "scenario-revoke"},
-    }
+    assert closure is not None and rid is not None
     return {
-        "checkin": (protocol.CHECKIN, checkin),
-        "confirm": (protocol.CONFIRM, confirm),
+        "checkin": (protocol.CHECKIN, checkin_body(host, closure)),
+        "confirm": (protocol.CONFIRM, confirm_body(host, rid, closure)),
         "renew": (protocol.RENEW, {"csrPem": fleet.csr(host)}),
     }
 

@@ -15,7 +15,9 @@ import json
 from typing import Any
 
 from fleet_sim.checkers import Run, Verdict
-from harness.fleet import CALL, OPERATOR, RELEASE, SNAPSHOT, Fleet, Scenario, Shape, expect
+from harness.byhand import dispatch_rows, wait_served
+from harness.cpenv import checkin_body, confirm_body, report_body
+from harness.fleet import CALL, OPERATOR, RELEASE, Fleet, Scenario, Shape, expect
 from nixfleet.core import protocol
 
 NEXT_CHECKIN_SECS = 60
@@ -23,24 +25,6 @@ NEXT_CHECKIN_SECS = 60
 STRAY = "stray-host"
 """A host name the fleet does not declare (the fleet CA still issues it a cert)."""
 UNKNOWN_ROLLOUT = "0" * 64
-
-
-def checkin_body(host: str, closure: str) -> dict[str, Any]:
-    return {
-        "hostname": host,
-        "agentVersion": "scenario",
-        "currentGeneration": {"closureHash": closure, "bootId": "scenario-wire"},
-        "healthProbes": [],
-    }
-
-
-def confirm_body(host: str, rollout: str, closure: str, wave: int) -> dict[str, Any]:
-    return {
-        "hostname": host,
-        "rollout": rollout,
-        "wave": wave,
-        "generation": {"closureHash": closure, "bootId": "scenario-wire"},
-    }
 
 
 def undeclared_checkin(fleet: Fleet, host: str) -> None:
@@ -57,13 +41,7 @@ def undeclared_checkin(fleet: Fleet, host: str) -> None:
 
 
 def report_event_id(fleet: Fleet, host: str) -> None:
-    body = {
-        "hostname": host,
-        "agentVersion": "scenario",
-        "occurredAt": "2026-01-01T00:00:00Z",
-        "event": "rollback-triggered",
-        "details": {"reason": "scenario: wire contract"},
-    }
+    body = report_body(host, "rollback-triggered", {"reason": "scenario: wire contract"})
     reply = fleet.call("POST", protocol.REPORT, as_=host, body=body)
     event_id = reply.json().get("eventId") if reply.status == 200 else None
     expect(
@@ -76,11 +54,7 @@ def report_event_id(fleet: Fleet, host: str) -> None:
 def dispatch_by_hand(fleet: Fleet, host: str) -> dict[str, Any]:
     """Release, wait for the CP to serve it, check in as `host`: its target."""
     number = fleet.release()
-    fleet.wait_until(
-        lambda: any(e.detail.get("release") == number for e in fleet.history.of(SNAPSHOT)),
-        fleet.polls(3),
-        f"the CP to serve release {number}",
-    )
+    wait_served(fleet, number)
     closure = fleet.current(host)
     assert closure is not None
     reply = fleet.call("POST", protocol.CHECKIN, as_=host, body=checkin_body(host, closure))
@@ -95,11 +69,7 @@ def dispatch_by_hand(fleet: Fleet, host: str) -> dict[str, Any]:
 
 
 def row_state(fleet: Fleet, host: str, rollout: str) -> list[str]:
-    rows = fleet.cp.sql(
-        f"SELECT state FROM pending_confirms WHERE hostname = '{host}' "
-        f"AND rollout_id = '{rollout}' ORDER BY id"
-    )
-    return [str(r[0]) for r in rows]
+    return [state for _, state in dispatch_rows(fleet, host, rollout)]
 
 
 def confirms(fleet: Fleet, host: str, target: dict[str, Any]) -> None:

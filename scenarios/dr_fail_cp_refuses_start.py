@@ -9,6 +9,7 @@ saying why; no checkin ever gets a target. Repaired, the same CP starts and serv
 The mutant takes the baked artifact on trust, without its signature.
 """
 
+from harness.byhand import checkin_by_hand
 from harness.fleet import (
     DISPATCH,
     OPERATOR,
@@ -18,7 +19,6 @@ from harness.fleet import (
     Shape,
     expect,
 )
-from nixfleet.core import protocol
 
 EXIT_SECS = 10.0
 """Seed 001: a refusal at start-up comes at once (an absolute bound, no poll in it)."""
@@ -43,16 +43,6 @@ def refused_at_start(fleet: Fleet, cause: str, names: str) -> None:
     expect(False, f"{cause}: the CP to refuse to start", "it listens")
 
 
-def checkin_status(fleet: Fleet, host: str) -> int:
-    body = {
-        "hostname": host,
-        "agentVersion": "scenario",
-        "currentGeneration": {"closureHash": fleet.current(host), "bootId": "scenario"},
-        "healthProbes": [],
-    }
-    return fleet.call("POST", protocol.CHECKIN, as_=host, body=body).status
-
-
 def held_at_503(fleet: Fleet) -> None:
     """The corrupt baked artifact with the forge down: listening, `/v1/*` 503, the
     rejection said, no dispatch."""
@@ -69,7 +59,7 @@ def held_at_503(fleet: Fleet) -> None:
     channel = fleet.call("GET", "/v1/channels/stable", as_=OPERATOR)
     expect(channel.status == 503, "/v1/channels/stable held at 503", channel.line())
     for host in fleet.hosts:
-        status = checkin_status(fleet, host)
+        status = checkin_by_hand(fleet, host).status
         expect(status == 503, f"{host}'s checkin held at 503", status)
     health = fleet.call("GET", "/healthz", as_=None)
     awaiting = health.json().get("awaiting") if health.status == 200 else None

@@ -8,7 +8,8 @@ and it must come within one poll. The mutant is seed 000's stair-step: prime fro
 build-time artifact and meet the forge only at the first poll.
 """
 
-from harness.fleet import OPERATOR, SNAPSHOT, Fleet, Reply, Scenario, Shape, expect
+from harness.byhand import wait_served
+from harness.fleet import OPERATOR, Fleet, Reply, Scenario, Shape, expect
 from harness.steps import ask_cp, dr_restart, field_of
 
 CHANNEL = "/v1/channels/stable"
@@ -20,10 +21,6 @@ def served(fleet: Fleet) -> object:
     return field_of(reply, "signed_at") if reply.status == 200 else None
 
 
-def serving(fleet: Fleet, release: int) -> bool:
-    return any(e.detail.get("release") == release for e in fleet.history.of(SNAPSHOT))
-
-
 def answered(reply: Reply) -> bool:
     return reply.status == 200
 
@@ -31,9 +28,7 @@ def answered(reply: Reply) -> bool:
 def steps(fleet: Fleet) -> None:
     fallback = served(fleet)  # release 0: what the next CP build bakes in
     newest = fleet.release()
-    fleet.wait_until(
-        lambda: serving(fleet, newest), fleet.polls(2), f"the CP to serve release {newest}"
-    )
+    wait_served(fleet, newest, polls=2)
     signed_at = served(fleet)
     expect(signed_at not in (None, fallback), "the new release to be signed later", signed_at)
     dr_restart(fleet)

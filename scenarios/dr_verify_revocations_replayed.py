@@ -9,6 +9,7 @@ mutant is the Old CP for which the wipe forgets: it treats the first list after 
 start as already applied.
 """
 
+from harness.byhand import checkin_by_hand
 from harness.fleet import CHECKIN, CP_START, REVOKE, Fleet, Run, Scenario, Shape, Verdict, expect
 from harness.steps import REVOCATIONS_VERIFIED, pick, revocations_verified
 from nixfleet.core import protocol
@@ -21,19 +22,9 @@ def revoked_rows(fleet: Fleet) -> list[str]:
     return sorted(str(r[0]) for r in fleet.cp.sql("SELECT hostname FROM cert_revocations"))
 
 
-def checkin(fleet: Fleet, host: str) -> int:
-    body = {
-        "hostname": host,
-        "agentVersion": "scenario",
-        "currentGeneration": {"closureHash": fleet.current(host), "bootId": "scenario"},
-        "healthProbes": [],
-    }
-    return fleet.call("POST", protocol.CHECKIN, as_=host, body=body).status
-
-
 def refused(fleet: Fleet, host: str) -> None:
     """The host's own certificate: 401 on checkin and on renew."""
-    status = checkin(fleet, host)
+    status = checkin_by_hand(fleet, host).status
     expect(status == 401, f"revoked {host}'s checkin refused with 401", status)
     renew = fleet.call("POST", protocol.RENEW, as_=host, body={"csrPem": "-"})
     expect(renew.status == 401, f"revoked {host}'s renew refused with 401", renew.line())
@@ -74,7 +65,7 @@ def steps(fleet: Fleet) -> None:
     for host in revoked:
         refused(fleet, host)
     for host in others:
-        status = checkin(fleet, host)
+        status = checkin_by_hand(fleet, host).status
         expect(status == 200, f"{host} (not revoked) to check in with 200", status)
 
 

@@ -23,8 +23,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from fleet_sim.checkers import CLEAN_RUN
 from fleet_sim.fleetgen import p256_twin, seeded_key
+from harness.byhand import served
 from harness.fleet import Fleet, Scenario, Shape, StepTimeout, expect
-from harness.refusals import poll_failures, released_at, rollout_of, served
+from harness.refusals import poll_failures, released_at, rollout_of
 from harness.steps import wait_settled
 from nixfleet.core.signing import P256_ORDER, public_key_of, verify_signature
 

@@ -11,8 +11,9 @@ clocks.
 """
 
 from fleet_sim.checkers import CLEAN_RUN
+from harness.byhand import served
 from harness.fleet import Fleet, Scenario, Shape, expect
-from harness.refusals import served, served_signed_at, wait_refused_by_cp
+from harness.refusals import served_signed_at, wait_refused_by_cp
 from harness.steps import wait_settled
 from nixfleet.core.freshness import CLOCK_SLACK_SECS
 

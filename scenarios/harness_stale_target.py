@@ -9,8 +9,9 @@ release's channel declares `freshnessWindow` 120 min, relayed in every target wi
 passed on a null target; here the dispatch itself is asserted first.
 """
 
+from harness.byhand import served
 from harness.fleet import DISPATCH, Fleet, Scenario, Shape, expect
-from harness.refusals import activated, nothing_switched, reports, rollout_of, served
+from harness.refusals import activated, nothing_switched, reports, rollout_of
 from nixfleet.core.freshness import CLOCK_SLACK_SECS
 from nixfleet.core.wire import STALE_TARGET
 

@@ -15,6 +15,8 @@ out at once (docs/lifecycle.md §2.1 H11, §3.4).
 from __future__ import annotations
 
 from fleet_sim.checkers import Run, Verdict
+from harness.byhand import wait_served
+from harness.cpenv import confirm_body
 from harness.fleet import (
     CHECKIN,
     DISPATCH,
@@ -46,15 +48,6 @@ def dispatches(fleet: Fleet, host: str, closure: str) -> list[Event]:
     return [e for e in fleet.history.of(DISPATCH, host) if e.detail.get("closure") == closure]
 
 
-def confirm_body(host: str, rollout: str, closure: str) -> dict[str, object]:
-    return {
-        "hostname": host,
-        "rollout": rollout,
-        "wave": 0,
-        "generation": {"closureHash": closure, "bootId": "scenario-quarantine"},
-    }
-
-
 def roll_back_x(fleet: Fleet, host: str) -> tuple[str, str]:
     """Release X with `host` unhealthy; wait for its rollback. Returns (X, rollout)."""
     fleet.release(unhealthy=[host])
@@ -76,11 +69,7 @@ def keep_x_quiet(fleet: Fleet, host: str, bad: str) -> None:
     `host` checks in and is never handed X."""
     number = fleet.release(keep=[host], unhealthy=[host])
     expect(fleet.target(host) == bad, f"release {number} keeps {bad} for {host}")
-    fleet.wait_until(
-        lambda: served_at(fleet, number) is not None,
-        fleet.polls(3),
-        f"the CP to serve release {number}",
-    )
+    wait_served(fleet, number)
     start = fleet.now()
     fleet.sleep(fleet.polls(QUIET_POLLS))
     again = [e for e in dispatches(fleet, host, bad) if e.t >= start]

@@ -33,12 +33,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from fleet_sim.checkers import all_converged
 from harness.fleet import OPERATOR, ChannelShape, Fleet, Scenario, Shape, expect
 from harness.steps import wait_settled
 from nixfleet.core.timeutil import parse_instant
 from scenarios.channel_edge_successor_release import (
     dispatch_times,
-    everyone_converged,
     rollouts_of,
     terminal,
 )
@@ -194,6 +194,6 @@ SCENARIO = Scenario(
         seed=22,
     ),
     steps=steps,
-    checks=[everyone_converged],
+    checks=[all_converged],
     mutant="dispatch-gate-reconcile-mode",
 )

@@ -72,6 +72,7 @@ from harness.fleet import (
     Reply,
     RolloutFinal,
     Shape,
+    check_mode,
     flip_closure_digit,
     wait_loop,
 )
@@ -508,8 +509,8 @@ class LocalFleetBackend:
         freshness_window_minutes: int | None = None,
         tamper: str | None = None,
     ) -> int:
-        if tamper is not None and tamper not in TAMPER_MODES:
-            raise ValueError(f"tamper {tamper!r} not in {TAMPER_MODES}")
+        if tamper is not None:
+            check_mode("tamper", tamper, TAMPER_MODES)
         self._generation += 1
         n = self._generation
         closures = self.local.build(n, switch_delay_secs=dict(self._switch_secs))
@@ -696,8 +697,7 @@ class LocalFleetBackend:
         self.record(FAULT, fault="forge", phase="heal" if mode == "ok" else mode)
 
     def forge_trust(self, how: str) -> None:
-        if how not in FORGE_TRUST:
-            raise ValueError(f"forge trust {how!r} not in {FORGE_TRUST}")
+        check_mode("forge trust", how, FORGE_TRUST)
         self.cp.trust = how
         self.record(FAULT, fault="forge-trust", phase=how)
 
@@ -720,8 +720,7 @@ class LocalFleetBackend:
         return {"SSL_CERT_FILE": str(store), "SSL_CERT_DIR": str(store.parent)}
 
     def cache_fault(self, mode: str) -> None:
-        if mode not in CACHE_MODES:
-            raise ValueError(f"cache mode {mode!r} not in {CACHE_MODES}")
+        check_mode("cache mode", mode, CACHE_MODES)
         # 503 on every request: Nix gives up on the substituter, the realise fails.
         if mode == "ok":
             self.local.cache.heal()

@@ -34,6 +34,7 @@ from harness.fleet import (
     NotAvailable,
     Reply,
     Shape,
+    check_mode,
     flip_closure_digit,
     wait_loop,
 )
@@ -185,8 +186,8 @@ class SimFleet:
         freshness_window_minutes: int | None = None,
         tamper: str | None = None,
     ) -> int:
-        if tamper is not None and tamper not in TAMPER_MODES:
-            raise ValueError(f"tamper {tamper!r} not in {TAMPER_MODES}")
+        if tamper is not None:
+            check_mode("tamper", tamper, TAMPER_MODES)
         world = self.world
         generation = world.generation + 1
         for host in world.hosts.values():
@@ -220,8 +221,7 @@ class SimFleet:
         )
 
     def forge_fault(self, mode: str) -> None:
-        if mode not in FORGE_MODES:
-            raise ValueError(f"forge mode {mode!r} not in {FORGE_MODES}")
+        check_mode("forge mode", mode, FORGE_MODES)
         self.world.forge.fault = None if mode == "ok" else mode
         self.world.record(FAULT, None, fault="forge", phase="heal" if mode == "ok" else mode)
 
@@ -229,8 +229,7 @@ class SimFleet:
         raise NotAvailable("the simulated forge has no TLS to trust (use --backend local)")
 
     def cache_fault(self, mode: str) -> None:
-        if mode not in CACHE_MODES:
-            raise ValueError(f"cache mode {mode!r} not in {CACHE_MODES}")
+        check_mode("cache mode", mode, CACHE_MODES)
         self.world.cache.up = mode == "ok"
         self.world.record(FAULT, None, fault="cache", phase="heal" if mode == "ok" else mode)
 

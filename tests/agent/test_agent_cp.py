@@ -30,14 +30,6 @@ def envs(tmp_path: Path) -> Iterator[list[CpEnv]]:
         env.close()
 
 
-@pytest.fixture
-def agents() -> Iterator[list[AgentProc]]:
-    started: list[AgentProc] = []
-    yield started
-    for agent in started:
-        agent.stop()
-
-
 def make_host(env: CpEnv, name: str, closure: str) -> Host:
     host = Host(dir=env.dir.parent / f"host-{name}", name=name)
     host.dir.mkdir(parents=True, exist_ok=True)

@@ -148,14 +148,6 @@ def env(tmp_path: Path) -> Iterator[CpEnv]:
     made.close()
 
 
-@pytest.fixture
-def agents() -> Iterator[list[AgentProc]]:
-    started: list[AgentProc] = []
-    yield started
-    for agent in started:
-        agent.stop()
-
-
 def test_expired_certificate_named_then_reenrolled(env: CpEnv, agents: list[AgentProc]) -> None:
     env.publish()
     cp = env.start()

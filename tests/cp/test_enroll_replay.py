@@ -58,16 +58,23 @@ def request(pki: Pki) -> wire.EnrollRequest:
     return wire.EnrollRequest(token=dump_token(token), csr_pem=csr)
 
 
+def refused_as_replay(
+    svc: CpService, req: wire.EnrollRequest, caplog: pytest.LogCaptureFixture, *, at: str
+) -> None:
+    """`req` enrolled again: 409, logged as caught `at` the check or the record."""
+    with pytest.raises(ApiError) as err:
+        svc.enroll(req, now=NOW)
+    assert err.value.http_status == 409
+    assert f"token replay detected at {at} host=h1" in caplog.text
+
+
 def test_replay_is_409_and_logged_at_the_check(
     service: tuple[CpService, Pki], caplog: pytest.LogCaptureFixture
 ) -> None:
     svc, pki = service
     req = request(pki)
     svc.enroll(req, now=NOW)
-    with pytest.raises(ApiError) as err:
-        svc.enroll(req, now=NOW)
-    assert err.value.http_status == 409
-    assert "token replay detected at check host=h1" in caplog.text
+    refused_as_replay(svc, req, caplog, at="check")
 
 
 def test_a_claim_lost_to_a_concurrent_enroll_is_409_at_the_record(
@@ -78,10 +85,5 @@ def test_a_claim_lost_to_a_concurrent_enroll_is_409_at_the_record(
     req = request(pki)
     svc.enroll(req, now=NOW)
     assert svc.store is not None
-    with (
-        mock.patch.object(svc.store, "nonce_used", return_value=False),
-        pytest.raises(ApiError) as err,
-    ):
-        svc.enroll(req, now=NOW)
-    assert err.value.http_status == 409
-    assert "token replay detected at record host=h1" in caplog.text
+    with mock.patch.object(svc.store, "nonce_used", return_value=False):
+        refused_as_replay(svc, req, caplog, at="record")

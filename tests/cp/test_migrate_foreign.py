@@ -25,9 +25,9 @@ def _foreign_db(path: Path) -> list[str]:
     conn = sqlite3.connect(path)
     try:
         conn.executescript(FOREIGN)
-        return list(conn.iterdump())
     finally:
         conn.close()
+    return _dump(path)
 
 
 def _dump(path: Path) -> list[str]:
