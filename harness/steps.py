@@ -35,7 +35,7 @@ def settled(fleet: Fleet) -> bool:
     return ro is not None and (ro.terminal or ro.state == "Halted")
 
 
-def wait_settled(fleet: Fleet, *, polls: float = 60, then: float = 5) -> None:
+def wait_settled(fleet: Fleet, *, polls: float = 30, then: float = 5) -> None:
     """Until the newest rollout converged or halted, then `then` more polls for the
     stragglers (rollbacks, late confirms) to show in the history."""
     fleet.wait_until(lambda: settled(fleet), fleet.polls(polls), "the rollout to settle")
