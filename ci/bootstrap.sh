@@ -5,7 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-debs=(python3 python3-venv nix-bin swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
+debs=(python3 python3-venv gcc nix-bin swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config
       openssh-server sqlite3 curl jq)
 missing=()
 for pkg in "${debs[@]}"; do
