@@ -15,7 +15,7 @@ out at once (docs/lifecycle.md §2.1 H11, §3.4).
 from __future__ import annotations
 
 from fleet_sim.checkers import Run, Verdict
-from harness.byhand import wait_served
+from harness.byhand import dispatch_rows, wait_served
 from harness.cpenv import confirm_body
 from harness.fleet import (
     CHECKIN,
@@ -31,6 +31,8 @@ from harness.fleet import (
 )
 from harness.steps import pick, wait_settled
 
+CLOSED = ("rolled-back", "cancelled")
+"""The states of a dispatch row that is over without a confirm."""
 QUIET_POLLS = 5
 """After the rollback no checkin answer may carry X for this many polls."""
 FIX_POLLS = 1.25
@@ -48,15 +50,28 @@ def dispatches(fleet: Fleet, host: str, closure: str) -> list[Event]:
     return [e for e in fleet.history.of(DISPATCH, host) if e.detail.get("closure") == closure]
 
 
+def quarantined(fleet: Fleet, closure: str) -> bool:
+    rows = fleet.cp.sql(
+        "SELECT 1 FROM quarantined_closures "
+        f"WHERE closure_hash = '{closure}' AND cleared_at IS NULL"
+    )
+    return bool(rows)
+
+
 def roll_back_x(fleet: Fleet, host: str) -> tuple[str, str]:
     """Release X with `host` unhealthy; wait for its rollback. Returns (X, rollout)."""
     fleet.release(unhealthy=[host])
     bad = str(fleet.target(host))
     rollout = str(list(fleet.history.of(RELEASE))[-1].detail["rollout"])
+    # Both sides: the agent rolled back, the CP quarantined X (H11) and closed its
+    # dispatch row. The agent's rollback report reaches the CP after its log line; a
+    # confirm sent before the row is closed still matches it and is rightly accepted.
     fleet.wait_until(
-        lambda: any(True for _ in fleet.history.of(ROLLBACK, host)),
+        lambda: any(True for _ in fleet.history.of(ROLLBACK, host))
+        and quarantined(fleet, bad)
+        and all(state in CLOSED for _id, state in dispatch_rows(fleet, host, rollout)),
         fleet.polls(40),
-        f"{host} to roll back {bad}",
+        f"{host} to roll back {bad}, the CP to quarantine it and close its row",
     )
     # Its dispatch of X is over: a confirm of X now is refused (410 ⇒ roll back).
     reply = fleet.call("POST", "/v1/agent/confirm", as_=host, body=confirm_body(host, rollout, bad))
