@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -83,6 +83,45 @@ class ChannelDecl:
     """Predecessor channels: a `channelEdges` entry `{gates: p, gated: this}` each."""
 
 
+class Signer(Protocol):
+    """Where CI's release key lives: the port a TPM-held key plugs into
+    (`hw.tpm.TpmKey`). `raw_s`: its P-256 signatures keep the s it drew (a TPM's do);
+    False: they come low-s (`nixfleet.core.signing.sign`)."""
+
+    @property
+    def algorithm(self) -> str: ...
+
+    @property
+    def raw_s(self) -> bool: ...
+
+    def public_key_json(self) -> dict[str, str]: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeySigner:
+    """A software key: the production signer, low-s for P-256."""
+
+    key: PrivateKey
+    raw_s: bool = False
+
+    @property
+    def algorithm(self) -> str:
+        return ECDSA_P256 if not isinstance(self.key, Ed25519PrivateKey) else ED25519
+
+    def public_key_json(self) -> dict[str, str]:
+        return public_key_json(self.key)
+
+    def sign(self, message: bytes) -> bytes:
+        return sign(self.key, message)
+
+
+RAW_S_DRAWS = 64
+"""A raw-s signer is asked at most this often for a signature of the wanted s (each
+draw is high with probability ½: 2⁻⁶⁴ to fail)."""
+
+
 @dataclass(slots=True)
 class ReleaseKit:
     """The signing side of a fleet: a CI release key and the org root key."""
@@ -92,7 +131,14 @@ class ReleaseKit:
     high_s: bool = False
     """P-256 only: emit signatures as their high-s twin (r, n−s), as TPM2_Sign does
     about half the time (seed 000 `BadSignature`); while set always high, so every
-    verify takes the normalising path."""
+    verify takes the normalising path. With a raw-s signer (a TPM) the kit publishes
+    the first signature the signer itself drew with the wanted s, high while set, low
+    otherwise: every signature stays exactly as the TPM made it."""
+    pick_s: bool = True
+    """With a raw-s signer: False publishes each signature as first drawn, whatever
+    `high_s` says (s > n/2 about half the time)."""
+    signer: Signer | None = None
+    """CI's release key; None: the seeded software key `release_key`."""
     release_key: PrivateKey = field(init=False)
     org_root_key: Ed25519PrivateKey = field(init=False)
 
@@ -101,11 +147,19 @@ class ReleaseKit:
         org = seeded_key("ed25519", f"{self.label}:org-root")
         assert isinstance(org, Ed25519PrivateKey)
         self.org_root_key = org
+        if self.signer is None:
+            self.signer = KeySigner(self.release_key)
+        elif self.signer.algorithm != self.algorithm:
+            raise ValueError(f"signer is {self.signer.algorithm}, kit is {self.algorithm}")
+
+    def _signer(self) -> Signer:
+        assert self.signer is not None  # set in __post_init__
+        return self.signer
 
     def trust(self, *, cache_keys: Iterable[str] = ()) -> dict[str, Any]:
         return {
             "schemaVersion": 1,
-            "ciReleaseKey": {"current": public_key_json(self.release_key)},
+            "ciReleaseKey": {"current": self._signer().public_key_json()},
             "cacheKeys": list(cache_keys),
             "orgRootKey": {"current": public_key_json(self.org_root_key)},
         }
@@ -116,8 +170,18 @@ class ReleaseKit:
         return raw, self._sign(raw)
 
     def _sign(self, message: bytes) -> bytes:
-        sig = sign(self.release_key, message)
-        return p256_twin(sig) if self.high_s and self.algorithm == ECDSA_P256 else sig
+        signer = self._signer()
+        high = self.high_s and self.algorithm == ECDSA_P256
+        if not (signer.raw_s and self.algorithm == ECDSA_P256):
+            sig = signer.sign(message)
+            return p256_twin(sig) if high else sig
+        if not self.pick_s:
+            return signer.sign(message)
+        for _ in range(RAW_S_DRAWS):
+            sig = signer.sign(message)
+            if is_high_s(sig) == high:
+                return sig
+        raise RuntimeError(f"{RAW_S_DRAWS} signatures in a row with the other s")
 
     def sign_manifests(self, fleet_raw: bytes) -> dict[str, tuple[str, bytes, bytes]]:
         """CI's rollout manifests for a signed fleet: channel → (rolloutId, bytes, sig)."""
@@ -127,6 +191,11 @@ class ReleaseKit:
             body = manifest_bytes(manifest)
             out[channel] = (rollout_id(manifest), body, self._sign(body))
         return out
+
+
+def is_high_s(sig: bytes) -> bool:
+    """A P-256 `r‖s` with s > n/2."""
+    return int.from_bytes(sig[32:], "big") > P256_ORDER // 2
 
 
 def p256_twin(sig: bytes) -> bytes:

@@ -28,6 +28,7 @@ from fleet_sim.fleetgen import (
     TAMPER_OFFSETS,
     HostDecl,
     ReleaseKit,
+    Signer,
     ci_commit,
     fake_closure,
     fleet_doc,
@@ -156,11 +157,14 @@ class CpEnv:
         *,
         with_forge: bool = True,
         release_key: str = ED25519,
+        signer: Signer | None = None,
     ) -> CpEnv:
-        """`release_key`: the algorithm of CI's release key (`ReleaseKit`)."""
+        """`release_key`: the algorithm of CI's release key (`ReleaseKit`); `signer`:
+        where that key lives (default: the seeded software key; the `tpm` backend's is
+        a TPM)."""
         dir.mkdir(parents=True, exist_ok=True)
         pki = Pki.create(dir / "pki", cn_suffix=CN_SUFFIX)
-        kit = ReleaseKit(algorithm=release_key)
+        kit = ReleaseKit(algorithm=release_key, signer=signer)
         releases = dir / "forge"
         releases.mkdir(exist_ok=True)
         forge = None

@@ -31,6 +31,7 @@ from fleet_sim.checkers import (
     passed,
     run_checkers,
 )
+from fleet_sim.fleetgen import Signer
 from fleet_sim.history import Event, History
 
 # The run records and checkers are the simulator's own, shared by every backend.
@@ -186,6 +187,22 @@ class CommandFailed(AssertionError):
 
 OPERATOR = "operator"
 """`Fleet.call(as_=OPERATOR)`: an operator's client certificate."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostDiagnosis:
+    """Seed 002 "Diagnose a stuck agent", the host half (`Fleet.diagnose_host`): what
+    the recipe's ssh commands show."""
+
+    agent: str
+    """The agent unit's `systemctl is-active` word: `active`, `inactive`, `failed` (a
+    process without systemd: `active` while it runs, else `inactive`)."""
+    log_tail: tuple[str, ...]
+    """The agent's last 50 log lines (`journalctl -u nixfleet-agent -n 50`)."""
+    current: str | None
+    """The current-system basename (`readlink /run/current-system`)."""
+    source: str
+    """Where it was read (the host, and on `ssh` its address)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +377,10 @@ class Fleet(Protocol):
         `last_dispatched`, lifecycle §5.9): `closure`, `rollout`, `dispatched_at`
         (RFC 3339); None without one."""
 
+    def diagnose_host(self, host: str) -> HostDiagnosis:
+        """The host half of seed 002's stuck-agent recipe (`HostDiagnosis`), read on the
+        host (testinfra over SSH on `ssh`); NotAvailable where hosts are simulated."""
+
     def converged(self, hosts: Iterable[str] | None = None) -> bool: ...
 
     def call(
@@ -414,6 +435,11 @@ class Fleet(Protocol):
     def operator(self, cmd: str) -> str:
         """A shell on the CP host (curl | jq, sqlite3, grep on the journal, verbatim);
         NotAvailable on backends without one."""
+
+    def release_signer(self) -> Signer:
+        """CI's release key as a device that hands P-256 signatures back as it drew
+        them, s > n/2 about half the time (`raw_s`): the TPM on `tpm`. NotAvailable
+        where the release key is a software key (`sim`, `local`)."""
 
     # waiting
     def sleep(self, secs: float) -> None: ...

@@ -48,7 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from fleet_sim.fleetgen import ChannelDecl, HostDecl
+from fleet_sim.fleetgen import ChannelDecl, HostDecl, Signer
 from harness.binarycache import BinaryCache
 from harness.cpenv import CpEnv, CpProcess, sqlite3, wait_until
 from harness.launch import launcher
@@ -283,6 +283,7 @@ class LocalFleet:
         start: bool = True,
         enroll_timeout: float = 60.0,
         release_key: str = "ed25519",
+        signer: Signer | None = None,
     ) -> LocalFleet:
         """Build, provision and (with `start`) run the fleet; agents have enrolled and
         checked in once when this returns.
@@ -293,6 +294,7 @@ class LocalFleet:
         old release creates the fleet with an older one); `channel_decls` apply to
         release 0 too. `switch_timeout_secs`: the agents' (the CP is told it with
         `--agent-switch-timeout-secs`); default: the window less CONFIRM_MARGIN_SECS.
+        `signer`: where CI's release key lives (`CpEnv.create`).
         """
         dir.mkdir(parents=True, exist_ok=True)
         names = host_names(hosts) if isinstance(hosts, int) else list(hosts)
@@ -303,7 +305,10 @@ class LocalFleet:
         fleet: LocalFleet | None = None
         try:
             env = CpEnv.create(
-                dir / "cp", {n: HostDecl(channel=chan[n]) for n in names}, release_key=release_key
+                dir / "cp",
+                {n: HostDecl(channel=chan[n]) for n in names},
+                release_key=release_key,
+                signer=signer,
             )
             if switch_timeout_secs is None:
                 switch_timeout_secs = float(confirm_deadline_secs - CONFIRM_MARGIN_SECS)

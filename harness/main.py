@@ -1,8 +1,10 @@
 """`fleet-harness`: list, run and prove the scenario catalogue on one or more backends.
 
     fleet-harness list [--markdown] [--update README.md]
-    fleet-harness run [ID …] --backend B [--backend B …] [--report DIR]
-    fleet-harness prove (ID … | --all) --backend B [--backend B …] [--report DIR]
+    fleet-harness run [ID …] --backend B [--backend B …] [--report DIR] [--tcti TCTI]
+                      [--inventory FILE]
+    fleet-harness prove (ID … | --all) --backend B [--backend B …] [--report DIR] [--tcti TCTI]
+                      [--inventory FILE]
     fleet-harness report DIR
 
 `prove` runs each (scenario, backend) as shipped (it must pass) and with its mutant (the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 import traceback
@@ -103,6 +106,18 @@ def _attempt(scenario: Scenario, backend: str, proving: bool) -> report.Result:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     pairs = _pairs(args)
+    if args.tcti is not None:
+        # The tpm backend reads its TPM from the environment (so pytest items can too).
+        from .backends.tpm import TCTI_ENV
+
+        os.environ[TCTI_ENV] = args.tcti
+    if args.inventory is not None:
+        # The ssh backend reads its inventory from the environment too; checked first.
+        from .backends.ssh import INVENTORY_ENV
+        from .inventory import load
+
+        load(args.inventory)
+        os.environ[INVENTORY_ENV] = str(args.inventory.resolve())
     if args.report is not None:
         report.prepare(args.report)
     ok = True
@@ -110,6 +125,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         res = _attempt(scenario, backend, proving=args.command == "prove")
         ok &= res.status.ok
         print(f"{res.label:<26} {res.name:<48} {res.wall_secs:7.1f} s", flush=True)
+        if res.fixed is not None and res.fixed.ran_on:
+            print(f"    ran on {', '.join(res.fixed.ran_on)}")
         if not res.status.ok:
             print("\n".join("    " + line for line in report.explain(res).splitlines()[1:]))
         if args.report is not None:
@@ -195,6 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
             "--backend", action="append", required=True, help="sim, local, … (repeatable)"
         )
         p.add_argument("--report", type=Path, help="save results and the report into DIR")
+        p.add_argument(
+            "--tcti",
+            metavar="TCTI",
+            help="the tpm backend's TPM, e.g. device:/dev/tpmrm0 (default: a swtpm it starts)",
+        )
+        p.add_argument(
+            "--inventory",
+            type=Path,
+            metavar="FILE",
+            help="the ssh backend's hosts (TOML; default: two private sshd hosts it starts)",
+        )
         p.set_defaults(func=_cmd_run)
     rep = sub.add_parser("report", help="re-render DIR's report from its saved results")
     rep.add_argument("dir", type=Path)

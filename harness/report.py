@@ -206,7 +206,8 @@ def _run_blocks(title: str, outcome: Outcome, history: str) -> list[Block]:
             "p",
             f"{title}: {verdict} in {outcome.wall_secs:.1f} s wall, "
             f"{outcome.fleet_secs:.0f} s on the fleet's clock, {outcome.events} events "
-            f"({RESULTS}/{history}), trace {outcome.trace_hash[:16]}",
+            f"({RESULTS}/{history}), trace {outcome.trace_hash[:16]}"
+            + (f"; ran on {', '.join(outcome.ran_on)}" if outcome.ran_on else ""),
         ),
         _table(
             ["checker", "verdict", "detail"],

@@ -12,6 +12,7 @@ that fails all the same is reported and rolled back, never left stalled.
 from fleet_sim.checkers import Run, Verdict
 from harness.fleet import ACTIVATION_FAILED, CONFIRM, ROLLBACK, Fleet, Scenario, Shape, expect
 from harness.refusals import host_reports
+from harness.runner import SSH_NOT_PROVEN
 
 
 def confirmed(fleet: Fleet, host: str) -> bool:
@@ -88,4 +89,5 @@ SCENARIO = Scenario(
     checks=[failed_switch_rolled_back],
     mutant="nixos-rebuild-system-activation",
     backends=frozenset({"ssh", "qemu", "local"}),
+    waiting={"ssh": SSH_NOT_PROVEN},
 )

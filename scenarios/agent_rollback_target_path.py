@@ -13,6 +13,7 @@ import contextlib
 from fleet_sim.checkers import Run, Verdict
 from harness.fleet import Fleet, Scenario, Shape, StepTimeout, expect
 from harness.refusals import host_reports
+from harness.runner import SSH_NOT_PROVEN
 
 
 def quarantined(fleet: Fleet, closure: str | None) -> list[str]:
@@ -79,4 +80,5 @@ SCENARIO = Scenario(
     checks=[never_back_on_bad],
     mutant="rollback-via-run-current-system",
     backends=frozenset({"ssh", "qemu", "local"}),
+    waiting={"ssh": SSH_NOT_PROVEN},
 )

@@ -17,4 +17,5 @@ SCENARIO = Scenario(
     shape=Shape(hosts=300, local_hosts=3, waves=3, seed=1),
     steps=steps,
     checks=CLEAN_RUN,
+    backends=frozenset({"sim", "local", "ssh"}),
 )

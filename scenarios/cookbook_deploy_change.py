@@ -23,6 +23,7 @@ from harness.fleet import (
     Shape,
     expect,
 )
+from harness.runner import SSH_NOT_PROVEN, TPM_NOT_PROVEN
 from harness.steps import newest_rollout
 
 GREP = (
@@ -137,4 +138,5 @@ SCENARIO = Scenario(
     checks=[markers_in_order, *CLEAN_RUN],
     mutant="report-hash-prefix",
     backends=frozenset({"sim", "local", "qemu", "ssh", "tpm"}),
+    waiting={"tpm": TPM_NOT_PROVEN, "ssh": SSH_NOT_PROVEN},
 )

@@ -9,6 +9,7 @@ from typing import Any
 
 from harness.enrollsteps import enroll, entry, reason, said
 from harness.fleet import Fleet, Reply, Scenario, Shape, expect
+from harness.runner import TPM_NOT_PROVEN
 
 MINT = (
     "nixfleet mint-token \\\n"
@@ -83,4 +84,5 @@ SCENARIO = Scenario(
     checks=[],
     mutant="enroll-ignores-allowlist",
     backends=frozenset({"tpm", "qemu", "local"}),
+    waiting={"tpm": TPM_NOT_PROVEN},
 )

@@ -7,13 +7,16 @@ in as each pattern leaves them are named: the same target dispatched twice (the 
 loop), a row overdue on a running CP (its sweep rolls it back: rolled back before
 activation finished), a row overdue while the CP is down (pending past the deadline).
 The mutant is the seed-000 rollback timer (`sweep-raw-text-compare`): the running CP
-never expires the overdue row, and the diagnosis names that instead. The host half of
-the recipe (unit state, agent log, current-system over ssh) needs a host to ssh to:
-the qemu and ssh backends.
+never expires the overdue row, and the diagnosis names that instead.
+
+The host half of the recipe (`Fleet.diagnose_host`: the agent unit's state, its last 50
+log lines, the current-system link; over SSH with testinfra on `ssh`, off the host's
+files on `local`): the deployed host shows its agent active, checking in, on the
+declared closure; with its agent killed it shows it inactive, the log still readable.
 """
 
 from fleet_sim.checkers import CLEAN_RUN
-from harness.fleet import Fleet, Scenario, Shape, expect
+from harness.fleet import Fleet, HostDiagnosis, Scenario, Shape, expect
 
 RECIPE = (
     'sqlite3 "$CP_DB" \'SELECT id, rollout_id, state, datetime(dispatched_at), '
@@ -91,10 +94,44 @@ def swept_on_a_running_cp(fleet: Fleet, host: str, closure: str) -> None:
     )
 
 
+def host_half(fleet: Fleet, host: str, closure: str) -> None:
+    """The recipe's ssh commands on the deployed host, then with its agent down."""
+    seen = fleet.diagnose_host(host)
+    expect(
+        seen.agent == "active" and seen.current == closure,
+        f"{host}'s agent active on the declared closure {closure}",
+        _line(seen),
+    )
+    expect(
+        0 < len(seen.log_tail) <= 50 and any("checkin ok" in ln for ln in seen.log_tail),
+        f"{host}'s last (at most 50) agent log lines to show its checkins",
+        _line(seen),
+    )
+    fleet.kill_agent(host)
+    down = fleet.diagnose_host(host)
+    expect(
+        down.agent != "active" and down.current == closure and down.log_tail != (),
+        f"{host} with its agent killed: not active, still on {closure}, its log readable",
+        _line(down),
+    )
+    fleet.start_agent(host)
+    fleet.wait_until(
+        lambda: fleet.diagnose_host(host).agent == "active",
+        fleet.polls(3),
+        f"{host}'s agent active again",
+    )
+
+
+def _line(d: HostDiagnosis) -> str:
+    last = d.log_tail[-1] if d.log_tail else "-"
+    return f"{d.source}: agent {d.agent}, current {d.current}, last log line {last!r}"
+
+
 def steps(fleet: Fleet) -> None:
     host = fleet.hosts[0]
     recipe_on_fresh_db(fleet, host)
     closure = clean_deploy(fleet, host)
+    host_half(fleet, host, closure)
     # The ghost loop's trace: the same target dispatched again after its confirm.
     inject(fleet, "stuck-loop", closure, "confirmed", confirmed="-9 minutes")
     inject(fleet, "stuck-loop", closure, "pending", at="-1 minutes")

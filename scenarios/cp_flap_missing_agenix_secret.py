@@ -19,6 +19,7 @@ shown on the one process systemd would restart.
 import shlex
 
 from harness.fleet import CP_START, CpExited, Fleet, Scenario, Shape, expect
+from harness.runner import SSH_NOT_PROVEN
 
 LINT_SECS = 5.0
 HEALTHY_POLLS = 5
@@ -107,4 +108,5 @@ SCENARIO = Scenario(
     checks=[],
     mutant="lint-skips-secrets",
     backends=frozenset({"ssh", "qemu", "local"}),
+    waiting={"ssh": SSH_NOT_PROVEN},
 )

@@ -9,6 +9,7 @@ version numbers and starts on the foreign history.
 """
 
 from harness.fleet import CpExited, Fleet, Scenario, Shape, expect
+from harness.runner import SSH_NOT_PROVEN
 from harness.steps import REVOCATIONS_VERIFIED, pick, revocations_verified
 from scenarios.dr_verify_revocations_replayed import refused, revoked_rows
 
@@ -78,4 +79,5 @@ SCENARIO = Scenario(
     checks=[],
     mutant="migration-name-drift",
     backends=frozenset({"ssh", "qemu", "local"}),
+    waiting={"ssh": SSH_NOT_PROVEN},
 )

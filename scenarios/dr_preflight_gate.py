@@ -12,6 +12,7 @@ skips prerequisite 2.
 import shlex
 
 from harness.fleet import Fleet, Scenario, Shape, expect
+from harness.runner import SSH_NOT_PROVEN
 
 PREFLIGHT = (
     'nixfleet dr preflight $CP_ARGS --operator-cert "$OPERATOR_CERT" --operator-key "$OPERATOR_KEY"'
@@ -99,4 +100,5 @@ SCENARIO = Scenario(
     checks=[],
     mutant="preflight-skips-build-time",
     backends=frozenset({"ssh", "qemu", "local"}),
+    waiting={"ssh": SSH_NOT_PROVEN},
 )

@@ -23,6 +23,7 @@ from harness.fleet import (
     Shape,
     expect,
 )
+from harness.runner import SSH_NOT_PROVEN
 from harness.steps import holds_within
 from nixfleet.core.agent import MAX_BACKOFF_EXPONENT
 
@@ -126,4 +127,5 @@ SCENARIO = Scenario(
     checks=[],
     mutant="agent-gives-up-after-refusal",
     backends=frozenset({"ssh", "qemu", "sim", "local"}),
+    waiting={"ssh": SSH_NOT_PROVEN},
 )

@@ -10,6 +10,7 @@ build-time artifact and meet the forge only at the first poll.
 
 from harness.byhand import wait_served
 from harness.fleet import OPERATOR, Fleet, Reply, Scenario, Shape, expect
+from harness.runner import SSH_NOT_PROVEN
 from harness.steps import ask_cp, dr_restart, field_of
 
 CHANNEL = "/v1/channels/stable"
@@ -63,4 +64,5 @@ SCENARIO = Scenario(
     checks=[],
     mutant="prime-from-build-time",
     backends=frozenset({"ssh", "qemu", "sim", "local"}),
+    waiting={"ssh": SSH_NOT_PROVEN},
 )

@@ -9,6 +9,7 @@ is a reconcile loop that never ticks.
 """
 
 from harness.fleet import Fleet, Reply, Scenario, Shape, expect
+from harness.runner import SSH_NOT_PROVEN
 from harness.steps import ask_cp, dr_restart, field_of
 from nixfleet.core.errors import NixfleetError
 from nixfleet.core.timeutil import parse_instant
@@ -50,4 +51,5 @@ SCENARIO = Scenario(
     checks=[],
     mutant="reconcile-never-ticks",
     backends=frozenset({"ssh", "qemu", "sim", "local"}),
+    waiting={"ssh": SSH_NOT_PROVEN},
 )

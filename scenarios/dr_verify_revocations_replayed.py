@@ -11,6 +11,7 @@ start as already applied.
 
 from harness.byhand import checkin_by_hand
 from harness.fleet import CHECKIN, CP_START, REVOKE, Fleet, Run, Scenario, Shape, Verdict, expect
+from harness.runner import SSH_NOT_PROVEN
 from harness.steps import REVOCATIONS_VERIFIED, pick, revocations_verified
 from nixfleet.core import protocol
 
@@ -78,4 +79,5 @@ SCENARIO = Scenario(
     checks=[revoked_stay_out],
     mutant="revocations-replay-skipped",
     backends=frozenset({"ssh", "qemu", "local"}),
+    waiting={"ssh": SSH_NOT_PROVEN},
 )

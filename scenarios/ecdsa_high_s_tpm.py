@@ -4,18 +4,22 @@ TPM2_Sign emits a high-s signature (s > n/2) about half the time; a verifier tha
 insists on low-s refuses those, so about every other tick fails with `BadSignature`.
 The fix normalises s before verifying: (r, s) and its twin (r, n − s) both verify.
 
-Here with software-made signatures (the TPM backend signs for real later):
+On `tpm` every signature is TPM2_Sign's own (`Fleet.release_signer()`, the fleet's
+release key in a swtpm or a lab TPM); on `sim` and `local` a software key signs the
+same way, s left as drawn:
 
 1. 200 raw P-256 signatures, s left as the signer drew it (as a TPM does): all verify
    with the production verifier, high-s share 30–70 % (the path is exercised), each
    one's twin verifies too, a signature over other bytes is refused; < 1 s each.
 2. A real rollout whose fleet artifacts and rollout manifests are all signed high-s
-   (`Shape.release_key="ecdsa-p256"`): the CP verifies and serves it, every agent
-   verifies its manifest (served with a high s) and the fleet converges.
+   (`Shape.release_key="ecdsa-p256"`; on `tpm`, high-s draws of the TPM): the CP
+   verifies and serves it, every agent verifies its manifest (served with a high s)
+   and the fleet converges.
 """
 
 import random
 import time
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,10 +28,16 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from fleet_sim.checkers import CLEAN_RUN
 from fleet_sim.fleetgen import p256_twin, seeded_key
 from harness.byhand import served
-from harness.fleet import Fleet, Scenario, Shape, StepTimeout, expect
+from harness.fleet import Fleet, NotAvailable, Scenario, Shape, StepTimeout, expect
 from harness.refusals import poll_failures, released_at, rollout_of
 from harness.steps import wait_settled
-from nixfleet.core.signing import P256_ORDER, public_key_of, verify_signature
+from nixfleet.core.signing import (
+    P256_ORDER,
+    PublicKey,
+    parse_public_key,
+    public_key_of,
+    verify_signature,
+)
 
 SIGNATURES = 200
 HIGH_SHARE = (0.30, 0.70)
@@ -44,15 +54,25 @@ def is_high(sig: bytes) -> bool:
     return int.from_bytes(sig[32:], "big") > P256_ORDER // 2
 
 
+def raw_signer(fleet: Fleet) -> tuple[Callable[[bytes], bytes], PublicKey]:
+    """The fleet's TPM where it has one (`tpm`), else a software key signing alike."""
+    try:
+        device = fleet.release_signer()
+    except NotAvailable:
+        key = seeded_key("ecdsa-p256", "tpm")
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return (lambda message: tpm_sign(key, message)), public_key_of(key)
+    entry = device.public_key_json()
+    return device.sign, parse_public_key(entry["algorithm"], entry["public"])
+
+
 def verifies_high_s(fleet: Fleet) -> None:
-    key = seeded_key("ecdsa-p256", "tpm")
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    public = public_key_of(key)
+    sign, public = raw_signer(fleet)
     rng = random.Random(fleet.shape.seed)
     high, slowest, refused = 0, 0.0, []
     for i in range(SIGNATURES):
         message = rng.randbytes(64)
-        sig = tpm_sign(key, message)
+        sig = sign(message)
         high += is_high(sig)
         for label, candidate in (("signature", sig), ("twin", p256_twin(sig))):
             started = time.perf_counter()

@@ -19,6 +19,7 @@ from harness.fleet import (
     Shape,
     expect,
 )
+from harness.runner import SSH_NOT_PROVEN
 from harness.steps import field_of, holds_within
 
 CHANNEL = "/v1/channels/stable"
@@ -100,4 +101,5 @@ SCENARIO = Scenario(
     checks=[],
     mutant="bundled-roots-only-upstream-tls",
     backends=frozenset({"ssh", "qemu", "local"}),
+    waiting={"ssh": SSH_NOT_PROVEN},
 )

@@ -31,4 +31,5 @@ SCENARIO = Scenario(
     steps=steps,
     checks=[one_dispatch_per_host, *CLEAN_RUN],
     mutant="report-hash-prefix",
+    backends=frozenset({"sim", "local", "qemu", "ssh"}),
 )

@@ -46,7 +46,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fleet_sim.fleetgen import ChannelDecl, planned_channel, seeded_key, wave_plan
+from fleet_sim.fleetgen import ChannelDecl, Signer, planned_channel, seeded_key, wave_plan
 from harness.cpenv import CN_SUFFIX, NONCES_FILE, wait_until
 from harness.fleet import (
     AGENT_KILL,
@@ -67,6 +67,7 @@ from harness.fleet import (
     CpExited,
     Final,
     History,
+    HostDiagnosis,
     HostFinal,
     NotAvailable,
     Reply,
@@ -107,6 +108,8 @@ FIRST_CHECKIN = ("checkin ok", "checkin failed", "enroll: control plane not read
 """An agent's first attempt, answered or not (with a mutant the CP may refuse even its
 enrolment, e.g. never ready)."""
 ENROLL_TIMEOUT_SECS = 60.0
+LOG_TAIL = 50
+"""`Fleet.diagnose_host`: the recipe's `journalctl -u nixfleet-agent -n 50`."""
 HEALTH_FAILURE_SECS = MIN_HEALTH_FAILURE_SECS
 """The CP's `--health-failure-secs`: 5 polls, the least it accepts."""
 WIPE = "rm -rf state.db state.db-wal state.db-shm"
@@ -257,12 +260,17 @@ class LocalCp:
 class LocalFleetBackend:
     backend = "local"
 
-    def __init__(self, shape: Shape, workdir: Path, mutant: str | None) -> None:
+    def __init__(
+        self, shape: Shape, workdir: Path, mutant: str | None, *, signer: Signer | None = None
+    ) -> None:
+        """`signer`: where CI's release key lives (default: the seeded software key;
+        the `tpm` backend passes its TPM)."""
         self.shape = shape
+        self._signer = signer
         self.workdir = workdir
         self.mutant = mutant
         self.t0 = time.time()
-        names = host_names(shape.local_hosts)
+        names = self.stable_hosts(shape)
         self._waves = wave_plan(names, shape.waves)
         soak = int(shape.soak_minutes * POLL_SECS / 60)  # polls at 60 s → minutes here
         self.channels = {CHANNEL: ChannelDecl(waves=self._waves, soak_minutes=soak)}
@@ -287,6 +295,7 @@ class LocalFleetBackend:
                 channel_decls=self.channels,
                 start=False,
                 release_key=shape.release_key,
+                signer=signer,
                 signed_at=(
                     datetime.now(UTC) - timedelta(seconds=shape.installed_signed_ago)
                     if shape.installed_signed_ago
@@ -296,7 +305,8 @@ class LocalFleetBackend:
         except BaseException:
             self.hub.close()
             raise
-        # The installed release happened to be signed low-s; every later one high-s.
+        # The installed release happened to be signed low-s; every later one high-s
+        # (with a TPM: the first high-s signature the TPM draws, `ReleaseKit.high_s`).
         self.local.env.kit.high_s = shape.release_key == ECDSA_P256
         self.log = LogHistory(
             self.t0,
@@ -313,6 +323,10 @@ class LocalFleetBackend:
         except BaseException:
             self.close()
             raise
+
+    def stable_hosts(self, shape: Shape) -> list[str]:
+        """The `stable` channel's hosts (a backend with an inventory names its own)."""
+        return host_names(shape.local_hosts)
 
     def _add_channels(self, shape: Shape, soak: int) -> None:
         """`shape.channels` (hosts `<name>-<i>`), then the channel edges."""
@@ -622,6 +636,15 @@ class LocalFleetBackend:
             "dispatched_at": str(d.get("dispatchedAt")),
         }
 
+    def diagnose_host(self, host: str) -> HostDiagnosis:
+        """Read off the host's files and its agent's process (no unit, no ssh here)."""
+        return HostDiagnosis(
+            agent="active" if self.agent_up(host) else "inactive",
+            log_tail=tuple(self.local.host(host).agent_log().splitlines()[-LOG_TAIL:]),
+            current=self.current(host),
+            source=host,
+        )
+
     def converged(self, hosts: Iterable[str] | None = None) -> bool:
         names = self.hosts if hosts is None else hosts
         return all(self.current(h) == self.target(h) for h in names)
@@ -730,6 +753,11 @@ class LocalFleetBackend:
 
     def operator(self, cmd: str) -> str:
         return self.shell.run(cmd)
+
+    def release_signer(self) -> Signer:
+        if self._signer is None or not self._signer.raw_s:
+            raise NotAvailable(f"CI signs with a software key on {self.backend} (use tpm)")
+        return self._signer
 
     # --- enrollment -------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from fleet_sim.cp import CN_SUFFIX
-from fleet_sim.fleetgen import fake_closure
+from fleet_sim.fleetgen import Signer, fake_closure
 from fleet_sim.history import History
 from fleet_sim.world import SimChannel, SimConfig, World
 from harness.fleet import (
@@ -31,6 +31,7 @@ from harness.fleet import (
     TAMPER_MODES,
     CpExited,
     Final,
+    HostDiagnosis,
     NotAvailable,
     Reply,
     Shape,
@@ -292,6 +293,9 @@ class SimFleet:
             "dispatched_at": format_instant(d.dispatched_at),
         }
 
+    def diagnose_host(self, host: str) -> HostDiagnosis:
+        raise NotAvailable("the simulated hosts have no unit, journal or shell (use local or ssh)")
+
     def converged(self, hosts: Iterable[str] | None = None) -> bool:
         names = self.hosts if hosts is None else hosts
         return all(self.current(h) == self.target(h) for h in names)
@@ -329,6 +333,9 @@ class SimFleet:
 
     def operator(self, cmd: str) -> str:
         raise NotAvailable("the simulated CP has no host to run a shell on (use --backend local)")
+
+    def release_signer(self) -> Signer:
+        raise NotAvailable("the simulated CI signs with a software key (use --backend tpm)")
 
     # --- enrollment: the simulated CP has no /v1/enroll nor /v1/agent/renew -------------
 

@@ -6,6 +6,7 @@ from types import ModuleType
 
 from . import (
     canonicalize,
+    db,
     derive_pubkey,
     diagnose,
     dr,
@@ -24,6 +25,7 @@ ALL: list[ModuleType] = [
     mint_operator_cert,
     revoke,
     diagnose,
+    db,
     dr,
     derive_pubkey,
     fingerprint,

@@ -42,7 +42,10 @@ def test_list_names_source_backends_here_and_waiting(
             ["prove", "no-such", "--backend", "sim"],
             "unknown scenario 'no-such' (see `fleet-harness list`)",
         ),
-        (["run", "--backend", "nowhere"], "--backend nowhere: unknown backend (built: sim, local)"),
+        (
+            ["run", "--backend", "nowhere"],
+            "--backend nowhere: unknown backend (built: sim, local, tpm, ssh)",
+        ),
         (
             ["prove", "--all", "--backend", "qemu"],
             f"--backend qemu: not built yet (waits for {runner.WAITING['qemu']})",
