@@ -23,7 +23,6 @@ import shutil
 import socket
 import subprocess
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,12 +293,6 @@ class SshHost:
             with contextlib.suppress(Exception):
                 self._sftp.close()
         self.client.close()
-
-
-def quiet_testinfra() -> None:
-    """testinfra's paramiko backend warns about host keys it does not check; ours are
-    checked by the client handed to it."""
-    warnings.filterwarnings("ignore", category=UserWarning, module="paramiko")
 
 
 __all__ = [

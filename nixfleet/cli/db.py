@@ -99,9 +99,7 @@ def _rows(db: sqlite_utils.Database, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise BadInput(f"{COMMAND}: --limit must be ≥ 1")
     table = db.table(args.table)
-    rows = list(
-        table.rows_where(args.where, order_by=args.order_by or "rowid", limit=args.limit)
-    )
+    rows = list(table.rows_where(args.where, order_by=args.order_by or "rowid", limit=args.limit))
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
