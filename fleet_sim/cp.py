@@ -104,7 +104,6 @@ _ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", protocol.HEALTHZ),
     ("GET", protocol.READYZ),
     ("POST", protocol.ENROLL),
-    ("POST", protocol.BOOTSTRAP_REPORT),
     ("POST", protocol.RENEW),
     ("GET", protocol.WHOAMI),
     ("POST", protocol.CHECKIN),
@@ -118,9 +117,7 @@ _ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", protocol.METRICS),
 )
 """The aiohttp app's routes (`build_app`), as (method, canonical route)."""
-_UNSIMULATED = frozenset(
-    {protocol.ENROLL, protocol.BOOTSTRAP_REPORT, protocol.RENEW, protocol.METRICS}
-)
+_UNSIMULATED = frozenset({protocol.ENROLL, protocol.RENEW, protocol.METRICS})
 
 
 def _route(method: str, path: str) -> tuple[str, dict[str, str]] | None:
